@@ -1,0 +1,17 @@
+"""One transformer kernel layer (original BERT and decoupled), pure torch, no MPI."""
+
+from .config import PRESETS, ConfigError, ModelConfig, forward_flops, layer_flops, preset
+from .layers import (EmbeddingWeights, LayerWeights, additive_mask, attention, attention_residual,
+                     embed, ffn, ffn_residual, layer_forward, layer_norm, project_qkv)
+from .model import ReferenceModel, decoupled_layer_forward
+from .weights import (ModelWeights, config_from_checkpoint, init_embeddings, init_layer,
+                      init_sub_block, init_weights, load_checkpoint)
+
+__all__ = [
+    "PRESETS", "ConfigError", "ModelConfig", "forward_flops", "layer_flops", "preset",
+    "EmbeddingWeights", "LayerWeights", "additive_mask", "attention", "attention_residual", "embed",
+    "ffn", "ffn_residual", "layer_forward", "layer_norm", "project_qkv",
+    "ReferenceModel", "decoupled_layer_forward",
+    "ModelWeights", "config_from_checkpoint", "init_embeddings", "init_layer", "init_sub_block",
+    "init_weights", "load_checkpoint",
+]

@@ -1,0 +1,368 @@
+"""The one communicator every strategy talks through: zero-copy mpi4py buffer
+calls on torch tensors, each counted.
+
+Nothing else in `parallelism/` imports mpi4py. Every operation works on the
+memory of contiguous tensors (no pickling) and adds to per-(phase, op)
+counters:
+
+- `calls`: operations this rank issued (one per collective call, one per
+  point-to-point message);
+- `payload`: bytes this rank contributes: allreduce and reduce-scatter its
+  whole input buffer, allgather its own part, send the message, bcast the
+  buffer on the root, scatter the parts the root hands out, gather the part a
+  non-root hands in; recv counts 0 (the sender counts the message);
+- `bus`: bytes this rank sends under a bandwidth-optimal algorithm (nccl-tests
+  factors): allreduce 2(P-1)/P x n, allgather / reduce-scatter the result or
+  input minus this rank's own part ((P-1)/P x n for equal parts), send, bcast,
+  scatter and gather as payload;
+- `seconds`: wall time inside the calls.
+
+`phase(name)` attributes the calls to a phase (a layer, a block...) and
+records its wall time, so compute time = phase time - communication time.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from time import perf_counter, sleep
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from mpi4py import MPI
+
+# torch dtype -> MPI datatype (via the numpy type code MPI knows it by).
+_MPI_TYPES = {dtype: MPI.Datatype.fromcode(code) for dtype, code in [
+    (torch.float32, "f"), (torch.float16, "e"), (torch.float64, "d"), (torch.int64, "q"),
+    (torch.int32, "i"), (torch.int16, "h"), (torch.int8, "b"), (torch.uint8, "B"), (torch.bool, "?")]}
+REDUCE_DTYPES = (torch.float32, torch.float16)
+_REDUCE_TYPES = {dtype: _MPI_TYPES[dtype] for dtype in REDUCE_DTYPES}
+_fromaddress = MPI.buffer.fromaddress
+
+
+class UsageError(Exception):
+    """Bad input detected identically on every rank before any communication:
+    each rank prints one line and exits with code 2."""
+
+
+class CommError(TypeError):
+    """A tensor the communicator cannot move (dtype, layout)."""
+
+
+def _buffer(tensor: torch.Tensor, op: str, types=_MPI_TYPES) -> tuple[list, int]:
+    """The tensor's own memory as an MPI buffer spec [memory, datatype], and its byte size.
+
+    Built from the data pointer (no copy, ~0.3 us; `tensor.numpy()` costs
+    twice that and mpi4py's DLPack path ten times that).
+    """
+    mpi_type = types.get(tensor.dtype)
+    if mpi_type is None:
+        allowed = ", ".join(str(d).removeprefix("torch.") for d in types)
+        raise CommError(f"{op}: dtype {tensor.dtype} not supported (allowed: {allowed}); "
+                        "MPI cannot reduce bfloat16 correctly, move it as int16 if you must")
+    if not tensor.is_contiguous():
+        # A transposed tensor would silently go out in memory order: refuse it.
+        raise CommError(f"{op}: tensor must be contiguous (call .contiguous())")
+    nbytes = tensor.nbytes
+    return [_fromaddress(tensor.data_ptr(), nbytes), mpi_type], nbytes
+
+
+@dataclass
+class OpTotals:
+    calls: int = 0
+    payload: int = 0
+    bus: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: "OpTotals") -> None:
+        self.calls += other.calls
+        self.payload += other.payload
+        self.bus += other.bus
+        self.seconds += other.seconds
+
+
+@dataclass
+class Counters:
+    """What one rank communicated: per phase, per op totals, and each phase's wall time."""
+    ops: dict = field(default_factory=dict)            # phase -> {op -> OpTotals}
+    phase_seconds: dict = field(default_factory=dict)  # phase -> seconds
+
+    def by_op(self) -> dict[str, OpTotals]:
+        out: dict[str, OpTotals] = {}
+        for per_op in self.ops.values():
+            for op, totals in per_op.items():
+                out.setdefault(op, OpTotals()).add(totals)
+        return out
+
+    def total(self) -> OpTotals:
+        out = OpTotals()
+        for totals in self.by_op().values():
+            out.add(totals)
+        return out
+
+
+def _displacements(counts: list[int]) -> list[int]:
+    return [sum(counts[:r]) for r in range(len(counts))]
+
+
+class Request:
+    """A non-blocking point-to-point operation; `wait()` charges the waiting time to its op."""
+
+    def __init__(self, comm: "Communicator", request, totals: OpTotals, tensor: torch.Tensor):
+        # Holding the tensor keeps its memory alive until the transfer completes.
+        self._comm, self._request, self._totals, self._tensor = comm, request, totals, tensor
+
+    def wait(self) -> torch.Tensor:
+        start = perf_counter()
+        self._comm._complete(self._request)
+        self._totals.seconds += perf_counter() - start
+        return self._tensor
+
+
+class Communicator:
+    """Counting, zero-copy wrapper over an mpi4py communicator.
+
+    wait: "spin" lets MPI busy-poll inside blocking calls (fastest on idle
+    cores); "sleep" issues non-blocking calls and polls them with short
+    sleeps, so that a rank under a CPU quota does not burn its budget waiting
+    (see MACHINE-FACTS.md). Default: $DETR_COMM_WAIT, else "spin".
+    """
+
+    def __init__(self, mpi_comm=None, wait: str | None = None, sleep_s: float = 50e-6):
+        self.mpi = mpi_comm if mpi_comm is not None else MPI.COMM_WORLD
+        self.rank, self.size = self.mpi.Get_rank(), self.mpi.Get_size()
+        self.wait = wait or os.environ.get("DETR_COMM_WAIT", "spin")
+        if self.wait not in ("spin", "sleep"):
+            raise UsageError(f"wait mode must be 'spin' or 'sleep', got {self.wait!r}")
+        self._spin = self.wait == "spin"
+        self.sleep_s = sleep_s
+        self.reset()
+
+    # -- bookkeeping ------------------------------------------------------------
+    def reset(self) -> Counters:
+        """Start counting afresh; returns what was counted so far."""
+        old = getattr(self, "counters", None)
+        self.counters = Counters()
+        self._phase = "-"
+        self._ops = self.counters.ops.setdefault(self._phase, {})
+        return old
+
+    @contextmanager
+    def phase(self, name: str):
+        """Attribute the calls inside to phase `name` and add its wall time."""
+        outer = self._phase
+        self._phase, self._ops = name, self.counters.ops.setdefault(name, {})
+        start = perf_counter()
+        try:
+            yield
+        finally:
+            seconds = self.counters.phase_seconds
+            seconds[name] = seconds.get(name, 0.0) + perf_counter() - start
+            self._phase, self._ops = outer, self.counters.ops[outer]
+
+    def _count(self, op: str, payload: int, bus: int, start: float) -> OpTotals:
+        # The hot path: kept to one dict lookup and four additions.
+        totals = self._ops.get(op)
+        if totals is None:
+            totals = self._ops[op] = OpTotals()
+        totals.seconds += perf_counter() - start
+        totals.calls += 1
+        totals.payload += payload
+        totals.bus += bus
+        return totals
+
+    def _complete(self, request) -> None:
+        if self._spin:
+            request.Wait()
+            return
+        while not request.Test():
+            sleep(self.sleep_s)
+
+    # -- collectives ----------------------------------------------------------------
+    def allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """In-place sum over ranks."""
+        buf, n = _buffer(tensor, "allreduce", _REDUCE_TYPES)
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
+        else:
+            self._complete(self.mpi.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM))
+        self._count("allreduce", n, 2 * (self.size - 1) * n // self.size, start)
+        return tensor
+
+    def allgather(self, part: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Equal parts: out is (P * part.shape[0], ...), rank r's part at rows [r*n0, (r+1)*n0)."""
+        if out is None:
+            out = part.new_empty((self.size * part.shape[0], *part.shape[1:]))
+        send, n = _buffer(part, "allgather")
+        recv, total = _buffer(out, "allgather")
+        if total != self.size * n:
+            raise CommError(f"allgather: output holds {total} bytes, needs {self.size} x {n}")
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Allgather(send, recv)
+        else:
+            self._complete(self.mpi.Iallgather(send, recv))
+        self._count("allgather", n, total - n, start)
+        return out
+
+    def allgatherv(self, part: torch.Tensor, counts: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
+        """Unequal parts (counted as op 'allgather'): rank r contributes counts[r]
+        elements; `out` (1-D, sum(counts)) is their concatenation in rank order."""
+        if part.numel() != counts[self.rank]:
+            raise CommError(f"allgatherv: rank {self.rank} part has {part.numel()} elements, "
+                            f"counts say {counts[self.rank]}")
+        if out is None:
+            out = part.new_empty(sum(counts))
+        send, n = _buffer(part, "allgather")
+        (memory, mpi_type), total = _buffer(out, "allgather")
+        recv = [memory, (counts, _displacements(counts)), mpi_type]
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Allgatherv(send, recv)
+        else:
+            self._complete(self.mpi.Iallgatherv(send, recv))
+        self._count("allgather", n, total - n, start)
+        return out
+
+    def reduce_scatter(self, tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """Sum over ranks of flat `tensor`; rank r keeps elements [sum(counts[:r]), +counts[r])."""
+        send, n = _buffer(tensor, "reduce_scatter", _REDUCE_TYPES)
+        out = tensor.new_empty(counts[self.rank])
+        recv, mine = _buffer(out, "reduce_scatter", _REDUCE_TYPES)
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Reduce_scatter(send, recv, counts, MPI.SUM)
+        else:
+            self._complete(self.mpi.Ireduce_scatter(send, recv, counts, MPI.SUM))
+        self._count("reduce_scatter", n, n - mine, start)
+        return out
+
+    def bcast(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
+        buf, n = _buffer(tensor, "bcast")
+        n = n if self.rank == root else 0
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Bcast(buf, root)
+        else:
+            self._complete(self.mpi.Ibcast(buf, root))
+        self._count("bcast", n, n, start)
+        return tensor
+
+    def scatterv(self, full: torch.Tensor | None, counts: list[int], out: torch.Tensor, root: int = 0) -> torch.Tensor:
+        """The root hands rank r elements [sum(counts[:r]), +counts[r]) of flat `full`; they land in `out`."""
+        recv, mine = _buffer(out, "scatter")
+        send, payload = None, 0
+        if self.rank == root:
+            (memory, mpi_type), total = _buffer(full, "scatter")
+            send, payload = [memory, (counts, _displacements(counts)), mpi_type], total - mine
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Scatterv(send, recv, root)
+        else:
+            self._complete(self.mpi.Iscatterv(send, recv, root))
+        self._count("scatter", payload, payload, start)
+        return out
+
+    def gatherv(self, part: torch.Tensor, counts: list[int], out: torch.Tensor | None, root: int = 0):
+        """Rank r's flat `part` (counts[r] elements) lands at its offset in the root's `out`."""
+        send, payload = _buffer(part, "gather")
+        recv = None
+        if self.rank == root:
+            (memory, mpi_type), _ = _buffer(out, "gather")
+            recv, payload = [memory, (counts, _displacements(counts)), mpi_type], 0
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Gatherv(send, recv, root)
+        else:
+            self._complete(self.mpi.Igatherv(send, recv, root))
+        self._count("gather", payload, payload, start)
+        return out
+
+    def barrier(self) -> None:
+        start = perf_counter()
+        if self._spin:
+            self.mpi.Barrier()
+        else:
+            self._complete(self.mpi.Ibarrier())
+        self._count("barrier", 0, 0, start)
+
+    # -- point to point -------------------------------------------------------------
+    def send(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> None:
+        self.isend(tensor, dest, tag).wait()
+
+    def recv(self, tensor: torch.Tensor, source: int, tag: int = 0) -> torch.Tensor:
+        return self.irecv(tensor, source, tag).wait()
+
+    def isend(self, tensor: torch.Tensor, dest: int, tag: int = 0) -> Request:
+        buf, n = _buffer(tensor, "send")
+        start = perf_counter()
+        request = self.mpi.Isend(buf, dest, tag)
+        return Request(self, request, self._count("send", n, n, start), tensor)
+
+    def irecv(self, tensor: torch.Tensor, source: int, tag: int = 0) -> Request:
+        buf, _ = _buffer(tensor, "recv")
+        start = perf_counter()
+        request = self.mpi.Irecv(buf, source, tag)
+        return Request(self, request, self._count("recv", 0, 0, start), tensor)
+
+    # -- structure and metadata --------------------------------------------------------
+    def split(self, color: int | None, key: int = 0) -> "Communicator | None":
+        """Sub-communicator of the ranks passing the same color; None for color None."""
+        sub = self.mpi.Split(MPI.UNDEFINED if color is None else color, key)
+        if sub == MPI.COMM_NULL:
+            return None
+        return Communicator(sub, wait=self.wait, sleep_s=self.sleep_s)
+
+    # Small pickled metadata (timings, records, host names): uncounted, never in a hot loop.
+    def max_over_ranks(self, value: float) -> float:
+        return self.mpi.allreduce(value, op=MPI.MAX)
+
+    def gather_object(self, obj, root: int = 0):
+        return self.mpi.gather(obj, root=root)
+
+    def allgather_object(self, obj):
+        return self.mpi.allgather(obj)
+
+    def bcast_object(self, obj, root: int = 0):
+        return self.mpi.bcast(obj, root=root)
+
+
+def world() -> Communicator:
+    return Communicator(MPI.COMM_WORLD)
+
+
+def mpi_versions() -> dict:
+    return {"mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+            "mpi4py": __import__("mpi4py").__version__}
+
+
+def processor_name() -> str:
+    return MPI.Get_processor_name()
+
+
+def main_guard(main) -> None:
+    """Run `main()` so that no rank ever hangs or prints a traceback for bad input.
+
+    UsageError (found on every rank before any communication): one line
+    `error: ...` on stderr, exit 2. Ctrl-C: exit 130. Any other exception on
+    any rank: one line naming the rank, then MPI Abort, which brings every
+    rank down within seconds instead of leaving them waiting in a collective.
+    """
+    rank = MPI.COMM_WORLD.Get_rank()
+    try:
+        main()
+    except UsageError as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"rank {rank}: interrupted; finished records are kept", file=sys.stderr, flush=True)
+        MPI.COMM_WORLD.Abort(130)
+    except SystemExit:
+        raise
+    except BaseException as err:  # noqa: BLE001 - anything else must take the job down
+        print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        if MPI.COMM_WORLD.Get_size() > 1:
+            MPI.COMM_WORLD.Abort(1)
+        sys.exit(1)
