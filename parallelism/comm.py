@@ -173,11 +173,32 @@ class Communicator:
         return totals
 
     def _complete(self, request) -> None:
+        """Finish `request`: MPI's own (spinning) Wait, or a test loop that sleeps with backoff.
+
+        Sleep mode: MPICH only progresses a non-blocking collective inside Test, so every
+        sleep can leave a link idle for up to its length once a step's data has arrived.
+        Hence: poll without sleeping for ~20 us (small or local ops finish here), then sleep
+        `sleep_s`, growing 1.25x per unfinished poll but never beyond 1/64 of the time waited
+        so far nor 500 us. The idle time added per step thus stays under ~2% of the
+        operation, while a long wait (10 Mbit/s, MiBs) wakes only ~2000 times a second.
+        Measured (4 emulated hosts, 0.45-core quota, 1 MiB allreduce): ~0.05 core at
+        100 Mbit/s, ~0.25 at 1 Gbit/s (mostly the kernel's TCP work) instead of a whole core.
+        """
         if self._spin:
             request.Wait()
             return
-        while not request.Test():
-            sleep(self.sleep_s)
+        if request.Test():
+            return
+        start = perf_counter()
+        while perf_counter() - start < 20e-6:
+            if request.Test():
+                return
+        nap = self.sleep_s
+        while True:
+            sleep(nap)
+            if request.Test():
+                return
+            nap = min(nap * 1.25, max(self.sleep_s, min(500e-6, (perf_counter() - start) / 64)))
 
     # -- collectives ----------------------------------------------------------------
     def allreduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -342,6 +363,14 @@ def processor_name() -> str:
     return MPI.Get_processor_name()
 
 
+def _say(line: str) -> None:
+    """One line to stderr in ONE write: print() writes the text and the newline
+    separately, so the launcher's merged stderr interleaved ranks' lines
+    ("error: aerror: a\n\n")."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main_guard(main) -> None:
     """Run `main()` so that no rank ever hangs or prints a traceback for bad input.
 
@@ -354,15 +383,18 @@ def main_guard(main) -> None:
     try:
         main()
     except UsageError as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
+        _say(f"error: {err}")
         sys.exit(2)
     except KeyboardInterrupt:
-        print(f"rank {rank}: interrupted; finished records are kept", file=sys.stderr, flush=True)
+        _say(f"rank {rank}: interrupted; finished records are kept")
         MPI.COMM_WORLD.Abort(130)
     except SystemExit:
         raise
     except BaseException as err:  # noqa: BLE001 - anything else must take the job down
-        print(f"rank {rank}: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        _say(f"rank {rank}: {type(err).__name__}: {err}")
         if MPI.COMM_WORLD.Get_size() > 1:
+            # Give the launcher a moment to forward that line: on Abort, hydra tears the
+            # job down at once and sometimes dropped the whole stderr (2 in 20 runs).
+            sleep(0.3)
             MPI.COMM_WORLD.Abort(1)
         sys.exit(1)

@@ -1,0 +1,173 @@
+"""BP: DeTransformer block parallelism over the decoupled model (DESIGN.md table, row BP).
+
+The model: N_b blocks; in each block L/N_b - 1 decoupled layers of N_div
+independent sub-blocks (sub-block i reads and writes only slice i, h/N_div
+wide, of the hidden state), then one original layer (the block boundary).
+
+What each rank holds:
+- the embeddings, replicated (every rank embeds the whole batch and cuts out
+  its slices: no traffic);
+- its sub-blocks of every decoupled layer: by default rank r of P owns
+  sub-blocks [r*N_div/P, (r+1)*N_div/P) (needs N_div % P == 0); option
+  `assignment` gives each rank an explicit list of sub-block indices instead
+  (unequal devices), e.g. [[0, 1, 2], [3]] or the string "0,1,2/3" (ranks
+  separated by '/' or ';', as on the drivers' command line): every
+  sub-block exactly once, every rank at least one;
+- the boundary layers: `boundary='replicate'` (default) the whole layer on
+  every rank; `boundary='tp'` a Megatron shard (1/P of the heads and FFN
+  columns, `tp.TensorParallelLayer`; needs heads % P == 0 and ffn % P == 0).
+
+What it communicates, per block (N_b times per forward):
+- nothing inside the block (sub-blocks never read each other);
+- at the boundary, one allgatherv (op 'allgather') of the slices: the rank
+  sends its n_r sub-block outputs packed sub-block-major (n_r, B, s, h/N_div)
+  -> payload B*s*n_r*(h/N_div)*4, bus B*s*(N_div - n_r)*(h/N_div)*4 bytes;
+  the gathered buffer is put back in sub-block order (whatever the
+  assignment) into the (B, s, h) input of the boundary layer (one copy);
+- `boundary='tp'`: + the 2 allreduces of T = B*s*h*4 of the TP layer.
+After the boundary layer every rank has the full hidden state and cuts its
+slices again; after the last block every rank holds the full (B, s, h)
+output.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import additive_mask, embed, layer_forward
+from kernels.layers import nbytes
+
+from .base import Strategy, Traffic, add_traffic
+from .comm import UsageError
+from .tp import TensorParallelLayer, check_tp_divisible
+
+BOUNDARIES = ("replicate", "tp")
+
+
+def parse_assignment(value, n_div: int, world_size: int, who: str = "bp") -> list[list[int]] | None:
+    """Per-rank sorted sub-block lists from a list of lists or a "0,1,2/3" string;
+    UsageError unless it is a partition of range(n_div) into world_size non-empty parts."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = [[int(i) for i in part.split(",") if i.strip()]
+                     for part in value.replace(";", "/").split("/")]
+        except ValueError:
+            raise UsageError(f"{who}: assignment must look like '0,1,2/3' (per-rank sub-block "
+                             f"lists separated by '/'), got {value!r}") from None
+    try:
+        lists = [sorted(int(i) for i in part) for part in value]
+    except (TypeError, ValueError):
+        raise UsageError(f"{who}: assignment must be one list of sub-block indices per rank, "
+                         f"got {value!r}") from None
+    if len(lists) != world_size:
+        raise UsageError(f"{who}: assignment needs one sub-block list per rank "
+                         f"(got {len(lists)} lists, P={world_size})")
+    if any(not part for part in lists):
+        raise UsageError(f"{who}: assignment gives some rank no sub-block (every rank needs >= 1): {lists}")
+    flat = sorted(i for part in lists for i in part)
+    if flat != list(range(n_div)):
+        raise UsageError(f"{who}: assignment must use every sub-block 0..{n_div - 1} exactly once, "
+                         f"got {lists}")
+    return lists
+
+
+class BlockParallel(Strategy):
+    name = "bp"
+    decoupled = True
+    options = {"boundary": "replicate", "assignment": None}
+
+    def __init__(self, cfg, weights, comm, **options):
+        super().__init__(cfg, weights, comm, **options)
+        self.assignment = self.assign(cfg, comm.size, self.opts["assignment"])
+        self.mine = self.assignment[comm.rank]
+        # Position in the gathered buffer -> sub-block index (rank order, then the ranks' lists).
+        order = [i for part in self.assignment for i in part]
+        self.order = None if order == list(range(cfg.n_div)) else torch.tensor(order)
+        self.embeddings = weights.embeddings
+        self.blocks = []  # per block: (decoupled layers: per layer its sub-blocks, boundary layer)
+        lpb = cfg.layers_per_block
+        for b in range(cfg.n_blocks):
+            decoupled = []
+            for li in range(b * lpb, (b + 1) * lpb - 1):
+                layer = weights.layers[li]
+                if not isinstance(layer, list) or len(layer) != cfg.n_div:
+                    raise ValueError(f"layer {li} must be a list of {cfg.n_div} sub-blocks for {cfg.describe()}")
+                decoupled.append([layer[i] for i in self.mine])
+            w = weights.layers[(b + 1) * lpb - 1]
+            if self.opts["boundary"] == "tp":
+                boundary = TensorParallelLayer(w, cfg.heads, cfg.ln_eps, comm)
+            else:
+                boundary = w
+            self.blocks.append((decoupled, boundary))
+
+    @classmethod
+    def check(cls, cfg, world_size, **options):
+        super().check(cfg, world_size, **options)
+        boundary = options.get("boundary", cls.options["boundary"])
+        if boundary not in BOUNDARIES:
+            raise UsageError(f"{cls.name}: boundary must be one of {', '.join(BOUNDARIES)}, got {boundary!r}")
+        cls.assign(cfg, world_size, options.get("assignment"))
+        if boundary == "tp":
+            check_tp_divisible(cfg, world_size, f"{cls.name} boundary=tp")
+
+    @classmethod
+    def assign(cls, cfg, world_size: int, assignment) -> list[list[int]]:
+        lists = parse_assignment(assignment, cfg.n_div, world_size, cls.name)
+        if lists is not None:
+            return lists
+        if cfg.n_div % world_size:
+            raise UsageError(f"{cls.name}: n_div % P must be 0 (n_div={cfg.n_div}, P={world_size}), "
+                             "or give assignment='0,1/2/3' (per-rank sub-block lists)")
+        per = cfg.n_div // world_size
+        return [list(range(r * per, (r + 1) * per)) for r in range(world_size)]
+
+    @torch.inference_mode()
+    def forward(self, input_ids, attention_mask):
+        cfg, comm = self.cfg, self.comm
+        batch, seq = input_ids.shape
+        w_sub, heads, eps = cfg.sub_width, cfg.heads, cfg.ln_eps
+        mask = additive_mask(attention_mask)
+        counts = [len(part) * batch * seq * w_sub for part in self.assignment]
+        gathered = torch.empty((cfg.n_div, batch, seq, w_sub))
+
+        x = embed(input_ids, self.embeddings, eps)
+        for decoupled, boundary in self.blocks:
+            slices = [x[..., i * w_sub:(i + 1) * w_sub] for i in self.mine]  # strided views, no copy
+            for sub_blocks in decoupled:  # no communication inside the block
+                slices = [layer_forward(xi, wi, mask, heads, eps) for xi, wi in zip(slices, sub_blocks)]
+            # contiguous(): with no decoupled layer in a block (N_b = L) a slice is still a view of x.
+            part = (slices[0] if len(slices) == 1 else torch.stack(slices)).contiguous()
+            comm.allgatherv(part.view(-1), counts, gathered.view(-1))
+            # Back into sub-block order: slice i of the hidden state is columns [i*w, (i+1)*w).
+            x = torch.empty((batch, seq, cfg.hidden))
+            by_slice = x.view(batch, seq, cfg.n_div, w_sub).permute(2, 0, 1, 3)
+            if self.order is None:
+                by_slice.copy_(gathered)
+            else:
+                by_slice.index_copy_(0, self.order, gathered)
+            if isinstance(boundary, TensorParallelLayer):
+                x = boundary(x, mask)
+            else:
+                x = layer_forward(x, boundary, mask, heads, eps)
+        return x
+
+    def weights_bytes(self) -> int:
+        held = nbytes(self.embeddings)
+        for decoupled, boundary in self.blocks:
+            held += sum(nbytes(w) for sub_blocks in decoupled for w in sub_blocks)
+            held += boundary.nbytes() if isinstance(boundary, TensorParallelLayer) else nbytes(boundary)
+        return held
+
+    def expected_traffic(self, batch, seq):
+        cfg, size = self.cfg, self.comm.size
+        slice_bytes = batch * seq * cfg.sub_width * 4
+        mine = len(self.mine)
+        table: dict[str, Traffic] = {}
+        for _ in range(cfg.n_blocks):
+            add_traffic(table, "allgather", 1, mine * slice_bytes, (cfg.n_div - mine) * slice_bytes)
+            if self.opts["boundary"] == "tp":
+                tp = TensorParallelLayer.traffic(batch, seq, cfg.hidden, size)
+                add_traffic(table, "allreduce", tp.calls, tp.payload, tp.bus)
+        return table

@@ -1,0 +1,82 @@
+"""DP: data parallelism (DESIGN.md table, row DP).
+
+What each rank holds: the whole model (the `ReferenceModel` over the full
+weights) and its share of the requests: rank r gets rows
+[sum(rows[:r]), +rows[r]) of the batch, rows[r] = B//P + (r < B%P), so the
+split is as even as possible and unequal splits are fine. With B < P the
+ranks r >= B get no rows: they take part in the collectives with empty parts
+and compute nothing (handled, not refused).
+
+What it communicates, per forward (requests arrive at rank 0, answers leave
+from rank 0):
+- one scatterv from rank 0 of the token ids and the padding mask, packed into
+  one int32 buffer (B, 2, s): rank r receives rows[r] * 2 * s * 4 bytes
+  (counted on rank 0: payload = bus = everything but its own rows);
+- one gatherv to rank 0 of the fp32 outputs (rows[r], s, h): a non-root rank
+  counts rows[r] * s * h * 4 bytes, rank 0 counts 0.
+The full (B, s, h) output lands on rank 0 only (`holds_output`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import ReferenceModel
+
+from .base import Strategy, Traffic
+
+INPUT_DTYPE = torch.int32  # token ids and mask travel as int32 (vocabularies are < 2**31)
+
+
+def even_split(n: int, parts: int) -> list[int]:
+    """n items over `parts` as evenly as possible, the first n % parts parts one larger."""
+    return [n // parts + (r < n % parts) for r in range(parts)]
+
+
+class DataParallel(Strategy):
+    name = "dp"
+    root = 0
+
+    def __init__(self, cfg, weights, comm, **options):
+        super().__init__(cfg, weights, comm, **options)
+        self.model = ReferenceModel(cfg, weights)
+        self._bytes = weights.nbytes()
+
+    @torch.inference_mode()
+    def forward(self, input_ids, attention_mask):
+        comm, rank = self.comm, self.comm.rank
+        batch, seq = input_ids.shape
+        rows = even_split(batch, comm.size)
+        mine = rows[rank]
+        # Only the root's copy of the inputs is read: it hands out the rows.
+        packed = None
+        if rank == self.root:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            packed = torch.stack((input_ids.to(INPUT_DTYPE), attention_mask.to(INPUT_DTYPE)), dim=1)
+        local = torch.empty((mine, 2, seq), dtype=INPUT_DTYPE)
+        comm.scatterv(packed, [r * 2 * seq for r in rows], local, self.root)
+
+        if mine:
+            out_local = self.model.forward(local[:, 0], local[:, 1])
+        else:
+            out_local = torch.empty((0, seq, self.cfg.hidden))
+        full = torch.empty((batch, seq, self.cfg.hidden)) if rank == self.root else None
+        comm.gatherv(out_local, [r * seq * self.cfg.hidden for r in rows], full, self.root)
+        return full
+
+    def holds_output(self) -> bool:
+        return self.comm.rank == self.root
+
+    def weights_bytes(self) -> int:
+        return self._bytes
+
+    def expected_traffic(self, batch, seq):
+        rows = even_split(batch, self.comm.size)
+        rank, h = self.comm.rank, self.cfg.hidden
+        if rank == self.root:
+            scattered = (batch - rows[rank]) * 2 * seq * INPUT_DTYPE.itemsize
+            gathered = 0
+        else:
+            scattered, gathered = 0, rows[rank] * seq * h * 4
+        return {"scatter": Traffic(1, scattered, scattered), "gather": Traffic(1, gathered, gathered)}

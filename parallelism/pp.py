@@ -1,0 +1,156 @@
+"""PP: pipeline parallelism (DESIGN.md table, row PP).
+
+What each rank holds: one stage, a contiguous range of layers (rank 0 the
+first layers and the embeddings, rank P-1 the last layers). The ranges are
+balanced by compute cost: `kernels.layer_flops` per layer (at a nominal
+seq of min(128, max_positions)) plus a small embedding cost on the first
+stage; the split minimizes the slowest stage's cost, ties broken towards the
+most even split (L=12, P=4 -> 3/3/3/3; L=4, P=3 -> 1/1/2).
+
+What it communicates, per forward: the batch is cut into `micro_batches`
+micro-batches (option, default 1; rows as even as possible; clamped to B)
+that flow through the stages fill-drain: stage r posts all its receives up
+front, then for each micro-batch waits for its activation from stage r-1,
+runs its layers and isends the result (B_j, s, h) fp32 to stage r+1, so
+that while stage r+1 works on micro-batch j, stage r already computes j+1.
+Per stage boundary and micro-batch: one send/recv of B_j*s*h*4 bytes, i.e.
+T = B*s*h*4 per boundary per forward summed over micro-batches. Every rank
+has the (identical) ids and padding mask, so only activations move. The
+full (B, s, h) output lands on the last stage (`holds_output`). Refused:
+more stages than layers, micro_batches < 1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import additive_mask, embed, layer_flops, layer_forward
+from kernels.layers import nbytes
+
+from .base import Strategy, Traffic, add_traffic
+from .comm import UsageError
+from .dp import even_split
+
+
+def int_option(who: str, name: str, value, minimum: int) -> int:
+    """An integer option (an int or its decimal string from a command line) >= minimum."""
+    try:
+        number = int(value)
+        if isinstance(value, bool) or (isinstance(value, float) and value != number):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UsageError(f"{who}: option {name} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise UsageError(f"{who}: option {name} must be >= {minimum}, got {number}")
+    return number
+
+
+def balance_stages(costs: list[int], stages: int, first_extra: int = 0) -> list[range]:
+    """Contiguous ranges of `costs` for `stages` stages (each non-empty) minimizing
+    (max stage cost, sum of squared stage costs); `first_extra` is added to stage 0."""
+    n = len(costs)
+    prefix = [0]
+    for c in costs:
+        prefix.append(prefix[-1] + c)
+    inf = (float("inf"), float("inf"))
+    # best[k][i]: best split of the first i layers into k stages; cut[k][i]: start of stage k-1.
+    best = [[inf] * (n + 1) for _ in range(stages + 1)]
+    cut = [[0] * (n + 1) for _ in range(stages + 1)]
+    best[0][0] = (0, 0)
+    for k in range(1, stages + 1):
+        for i in range(k, n - (stages - k) + 1):
+            for j in range(k - 1, i):
+                if best[k - 1][j] == inf:
+                    continue
+                cost = prefix[i] - prefix[j] + (first_extra if k == 1 else 0)
+                prev_max, prev_sq = best[k - 1][j]
+                cand = (max(prev_max, cost), prev_sq + cost * cost)
+                if cand < best[k][i]:
+                    best[k][i], cut[k][i] = cand, j
+    ranges, end = [], n
+    for k in range(stages, 0, -1):
+        start = cut[k][end]
+        ranges.append(range(start, end))
+        end = start
+    return ranges[::-1]
+
+
+class PipelineParallel(Strategy):
+    name = "pp"
+    options = {"micro_batches": 1}
+
+    def __init__(self, cfg, weights, comm, **options):
+        super().__init__(cfg, weights, comm, **options)
+        self.micro_batches = int_option(self.name, "micro_batches", self.opts["micro_batches"], 1)
+        self.stages = self.stage_layers(cfg, comm.size)
+        self.mine = self.stages[comm.rank]
+        self.first, self.last = comm.rank == 0, comm.rank == comm.size - 1
+        self.embeddings = weights.embeddings if self.first else None
+        self.layers = [weights.layers[i] for i in self.mine]
+
+    @classmethod
+    def check(cls, cfg, world_size, **options):
+        super().check(cfg, world_size, **options)
+        int_option(cls.name, "micro_batches", options.get("micro_batches", cls.options["micro_batches"]), 1)
+        if world_size > cfg.layers:
+            raise UsageError(f"{cls.name}: stages (P={world_size}) must be <= layers ({cfg.layers})")
+
+    @staticmethod
+    def stage_layers(cfg, world_size: int) -> list[range]:
+        """Each rank's layer range, balanced by FLOPs (embeddings on the first stage)."""
+        seq = min(128, cfg.max_positions)
+        costs = [layer_flops(cfg, 1, seq, kind == "decoupled") for kind in cfg.layer_kinds()]
+        embed_cost = 10 * seq * cfg.hidden  # lookups, adds and a LayerNorm: tiny, but on stage 0
+        return balance_stages(costs, world_size, embed_cost)
+
+    def _micro_rows(self, batch: int) -> list[int]:
+        return even_split(batch, min(self.micro_batches, batch))
+
+    @torch.inference_mode()
+    def forward(self, input_ids, attention_mask):
+        comm, cfg = self.comm, self.cfg
+        batch, seq = input_ids.shape
+        rows = self._micro_rows(batch)
+        starts = [sum(rows[:j]) for j in range(len(rows))]
+        mask = additive_mask(attention_mask)
+        # One (B, s, h) buffer: micro-batch j's activations are its rows (contiguous).
+        buf = torch.empty((batch, seq, cfg.hidden))
+        receives = []
+        if not self.first:
+            receives = [comm.irecv(buf[a:a + n], comm.rank - 1, tag=j)
+                        for j, (a, n) in enumerate(zip(starts, rows))]
+        sends = []
+        for j, (a, n) in enumerate(zip(starts, rows)):
+            m = None if mask is None else mask[a:a + n]
+            if self.first:
+                x = embed(input_ids[a:a + n], self.embeddings, cfg.ln_eps)
+            else:
+                x = receives[j].wait()
+            for w in self.layers:
+                x = layer_forward(x, w, m, cfg.heads, cfg.ln_eps)
+            if not self.last:
+                sends.append(comm.isend(x, comm.rank + 1, tag=j))
+            elif len(rows) == 1:
+                buf = x  # a single micro-batch: its output is the output, no copy
+            else:
+                buf[a:a + n] = x  # its input rows were consumed already
+        for request in sends:
+            request.wait()
+        return buf if self.last else None
+
+    def holds_output(self) -> bool:
+        return self.last
+
+    def weights_bytes(self) -> int:
+        held = sum(nbytes(w) for w in self.layers)
+        return held + (nbytes(self.embeddings) if self.embeddings is not None else 0)
+
+    def expected_traffic(self, batch, seq):
+        micro = len(self._micro_rows(batch))
+        table: dict[str, Traffic] = {}
+        if not self.first:
+            add_traffic(table, "recv", micro, 0, 0)
+        if not self.last:
+            t = batch * seq * self.cfg.hidden * 4  # the micro-batches add up to the batch
+            add_traffic(table, "send", micro, t, t)
+        return table

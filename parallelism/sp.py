@@ -1,0 +1,90 @@
+"""SP: sequence parallelism (DESIGN.md table, row SP).
+
+What each rank holds: the whole model (every weight) and 1/P of the tokens:
+rank r owns positions [sum(s_q[:r]), +s_q[r]) with s_q[r] = s//P + (r < s%P)
+(uneven lengths are fine). It embeds its tokens at their global positions and
+keeps its (B, s_q[r], h) slice of the hidden state through all layers.
+
+What it communicates (all `allgatherv`, counted as op 'allgather'):
+- per layer, ONE allgatherv of keys and values packed in one buffer: the rank
+  projects q, k, v of its tokens and packs k and v token-major as
+  (s_q[r], B, 2, h); the gathered (s, B, 2, h) buffer is read in place as
+  the full K and V (B, n_h, s, d) (strided views, no copy); its queries attend
+  over all keys with the padding mask. Payload 2*B*s_q[r]*h*4 bytes, bus
+  2*B*(s - s_q[r])*h*4 (2 x T gathered per layer, as in the table);
+- one final allgatherv of the outputs (s_q[r], B, h) so that every rank holds
+  the full (B, s, h) output: payload B*s_q[r]*h*4, bus B*(s - s_q[r])*h*4.
+That is L + 1 allgather calls per forward. Refused: more ranks than tokens
+(P > s, found at forward time, identically on every rank, before any
+communication; P > max_positions at construction).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels import additive_mask, attention, attention_residual, embed, ffn_residual, project_qkv
+
+from .base import Strategy, Traffic
+from .comm import UsageError
+from .dp import even_split
+
+
+class SequenceParallel(Strategy):
+    name = "sp"
+
+    def __init__(self, cfg, weights, comm, **options):
+        super().__init__(cfg, weights, comm, **options)
+        self.embeddings, self.layers = weights.embeddings, weights.layers
+        self._bytes = weights.nbytes()
+
+    @classmethod
+    def check(cls, cfg, world_size, **options):
+        super().check(cfg, world_size, **options)
+        if world_size > cfg.max_positions:
+            raise UsageError(f"{cls.name}: ranks must be <= tokens (P={world_size}, "
+                             f"max_positions={cfg.max_positions})")
+
+    def _tokens(self, seq: int) -> list[int]:
+        if seq < self.comm.size:
+            raise UsageError(f"{self.name}: ranks must be <= tokens (P={self.comm.size}, seq={seq})")
+        return even_split(seq, self.comm.size)
+
+    @torch.inference_mode()
+    def forward(self, input_ids, attention_mask):
+        cfg, comm = self.cfg, self.comm
+        batch, seq = input_ids.shape
+        tokens = self._tokens(seq)
+        start, mine = sum(tokens[:comm.rank]), tokens[comm.rank]
+        h, heads, d, eps = cfg.hidden, cfg.heads, cfg.head_dim, cfg.ln_eps
+        mask = additive_mask(attention_mask)  # (B, 1, 1, s): over all keys
+
+        x = embed(input_ids[:, start:start + mine], self.embeddings, eps,
+                  position_ids=torch.arange(start, start + mine))
+        kv_counts = [n * batch * 2 * h for n in tokens]
+        send = torch.empty((mine, batch, 2, heads, d))
+        gathered = torch.empty((seq, batch, 2, heads, d))
+        keys = gathered[:, :, 0].permute(1, 2, 0, 3)    # (B, n_h, s, d) views
+        values = gathered[:, :, 1].permute(1, 2, 0, 3)
+        for w in self.layers:
+            q, k, v = project_qkv(x, w.qkv_weight, w.qkv_bias, heads)   # (B, n_h, s_q, d)
+            send[:, :, 0] = k.permute(2, 0, 1, 3)
+            send[:, :, 1] = v.permute(2, 0, 1, 3)
+            comm.allgatherv(send.view(-1), kv_counts, gathered.view(-1))
+            x = ffn_residual(attention_residual(x, attention(q, keys, values, mask), w, eps), w, eps)
+
+        out = torch.empty((seq, batch, h))
+        comm.allgatherv(x.transpose(0, 1).contiguous().view(-1), [n * batch * h for n in tokens], out.view(-1))
+        return out.transpose(0, 1).contiguous()  # no copy when B == 1
+
+    def weights_bytes(self) -> int:
+        return self._bytes
+
+    def expected_traffic(self, batch, seq):
+        tokens = self._tokens(seq)
+        mine, h = tokens[self.comm.rank], self.cfg.hidden
+        kv_payload, kv_bus = batch * mine * 2 * h * 4, batch * (seq - mine) * 2 * h * 4
+        out_payload, out_bus = batch * mine * h * 4, batch * (seq - mine) * h * 4
+        layers = self.cfg.layers
+        return {"allgather": Traffic(layers + 1, layers * kv_payload + out_payload,
+                                     layers * kv_bus + out_bus)}
