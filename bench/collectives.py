@@ -1,0 +1,345 @@
+"""Collectives through our communicator against torch.distributed gloo: same processes, same
+links, same run, interleaved size by size.
+
+    python -m bench.cluster run -- python -m bench.collectives --sizes 64k,256k,1m,4m \\
+        --ops allreduce,allgather,sendrecv [--jsonl results/collectives.jsonl]
+    python -m bench.cluster run -- python -m bench.collectives --bench overhead
+    mpiexec -n 4 python -m bench.collectives          # local ranks (no shaping: no bound)
+
+Sizes are per rank: the allreduce vector, each rank's allgather part, the send/recv message
+(ring shift: rank r sends to r+1 and receives from r-1). Bus bytes per rank (what a
+bandwidth-optimal algorithm sends): allreduce 2(P-1)/P n, allgather (P-1) n, sendrecv n.
+Bound = bus bytes x 8 / link rate (the lowest rate in force over the ranks' interfaces, read
+with bench.network.describe_network; every link is full duplex). Efficiency = bound /
+measured. Time per op = mean over the timed iterations, max over ranks. wire/bus = bytes that
+left this rank's interface per op (/proc/net/dev, mean over ranks) / bus bytes. cpu = cores
+used by a rank while timing (process CPU time incl. threads / wall time, mean over ranks):
+what the wait costs under a CPU quota.
+
+`--bench overhead`: the communicator's bookkeeping on a 1 KiB float32 allreduce, median of
+>= 1000 calls each, interleaved in blocks: raw mpi4py on a pre-made numpy view, raw mpi4py
+given the torch tensor (DLPack), ours in spin mode and ours in sleep mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+import statistics
+import sys
+import time
+from datetime import timedelta
+
+os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # gloo warns it cannot reverse-resolve namespace addresses
+
+import torch  # noqa: E402
+from mpi4py import MPI
+
+from bench import network as N
+from parallelism.comm import Communicator, UsageError, main_guard
+
+OPS = ("allreduce", "allgather", "sendrecv")
+IMPLS = ("ours", "gloo")
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = []
+    for part in text.split(","):
+        match = re.fullmatch(r"(\d+)([kmg]?)(i?b)?", part.strip().lower())
+        if not match:
+            raise UsageError(f"invalid size {part!r}: expected e.g. 64k, 1m, 4096")
+        size = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
+        if size < 4 or size % 4 or size > 1024**3:
+            raise UsageError(f"invalid size {part!r}: a multiple of 4 bytes (float32), at most 1g")
+        sizes.append(size)
+    return sizes
+
+
+def format_size(n: int) -> str:
+    for unit, scale in (("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def bus_bytes(op: str, n: int, size: int) -> int:
+    return {"allreduce": 2 * (size - 1) * n // size, "allgather": (size - 1) * n,
+            "sendrecv": n if size > 1 else 0}[op]
+
+
+def wire_address(iface: str | None) -> str:
+    """This host's IPv4 address on `iface` (127.0.0.1 without one)."""
+    if not iface:
+        return "127.0.0.1"
+    import subprocess
+    proc = subprocess.run(["ip", "-j", "-4", "addr", "show", "dev", iface], capture_output=True, text=True,
+                          check=False)
+    try:
+        return json.loads(proc.stdout)[0]["addr_info"][0]["local"]
+    except (json.JSONDecodeError, LookupError):
+        return socket.gethostbyname(socket.gethostname())
+
+
+def init_gloo(comm: Communicator):
+    import torch.distributed as dist
+    iface = N.wire_iface()
+    if iface:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", iface)
+    addr, port = None, None
+    if comm.rank == 0:
+        addr = wire_address(iface)
+        with socket.socket() as sock:
+            sock.bind((addr, 0))
+            port = sock.getsockname()[1]
+    addr, port = comm.bcast_object((addr, port))
+    dist.init_process_group("gloo", init_method=f"tcp://{addr}:{port}", rank=comm.rank,
+                            world_size=comm.size, timeout=timedelta(seconds=120))
+    return dist
+
+
+class Runner:
+    """One op on one implementation, buffers allocated once."""
+
+    def __init__(self, impl: str, op: str, n: int, comm: Communicator, dist):
+        self.impl, self.op, self.comm, self.dist = impl, op, comm, dist
+        rank, size = comm.rank, comm.size
+        elems = n // 4
+        self.buf = torch.zeros(elems)
+        self.out = torch.empty(size * elems) if op == "allgather" else None
+        self.recv = torch.empty(elems) if op == "sendrecv" else None
+        self.dst, self.src = (rank + 1) % size, (rank - 1) % size
+        self.step = getattr(self, f"{impl}_{op}")
+
+    def ours_allreduce(self):
+        self.comm.allreduce(self.buf)
+
+    def ours_allgather(self):
+        self.comm.allgather(self.buf, self.out)
+
+    def ours_sendrecv(self):
+        rreq = self.comm.irecv(self.recv, self.src)
+        sreq = self.comm.isend(self.buf, self.dst)
+        rreq.wait()
+        sreq.wait()
+
+    def gloo_allreduce(self):
+        self.dist.all_reduce(self.buf)
+
+    def gloo_allgather(self):
+        self._gather(self.out, self.buf)
+
+    @property
+    def _gather(self):
+        return getattr(self.dist, "all_gather_single", None) or self.dist.all_gather_into_tensor
+
+    def gloo_sendrecv(self):
+        rreq = self.dist.irecv(self.recv, self.src)
+        sreq = self.dist.isend(self.buf, self.dst)
+        rreq.wait()
+        sreq.wait()
+
+    def barrier(self):
+        self.comm.mpi.Barrier()
+
+    def check(self):
+        """One call on known data: ours and gloo must both give the exact answer."""
+        rank, size = self.comm.rank, self.comm.size
+        self.buf.fill_(rank + 1)
+        self.step()
+        if self.op == "allreduce":
+            ok = bool((self.buf == size * (size + 1) / 2).all())
+        elif self.op == "allgather":
+            want = torch.arange(1, size + 1, dtype=torch.float32).repeat_interleave(self.buf.numel())
+            ok = torch.equal(self.out, want)
+        else:
+            ok = bool((self.recv == self.src + 1).all())
+        self.buf.zero_()
+        return ok
+
+
+def time_runner(runner: Runner, iters: int, iface: str | None) -> tuple[float, float | None, float]:
+    """(wall seconds, wire bytes sent, CPU seconds of this process incl. its threads) per call."""
+    runner.barrier()
+    tx0 = N.read_tx_rx(iface)[0] if iface else None
+    cpu0, start = time.process_time(), time.perf_counter()
+    for _ in range(iters):
+        runner.step()
+    seconds = (time.perf_counter() - start) / iters
+    cpu = (time.process_time() - cpu0) / iters
+    wire = (N.read_tx_rx(iface)[0] - tx0) / iters if iface else None
+    return seconds, wire, cpu
+
+
+def bench_collectives(args, comm: Communicator) -> None:
+    from tabulate import tabulate
+    sizes, ops = parse_sizes(args.sizes), [o.strip() for o in args.ops.split(",")]
+    bad = [o for o in ops if o not in OPS]
+    if bad:
+        raise UsageError(f"unknown op {bad[0]!r}: choose among {', '.join(OPS)}")
+    impls = [i.strip() for i in args.impls.split(",")]
+    if any(i not in IMPLS for i in impls):
+        raise UsageError(f"unknown implementation in {args.impls!r}: choose among {', '.join(IMPLS)}")
+    if comm.size < 2:
+        ops = [o for o in ops if o != "sendrecv"]
+    iface = N.wire_iface()
+    net = N.describe_network(iface)
+    rates = comm.allgather_object(net["rate_bit"] if net else None)
+    rate_bit = None if any(r is None for r in rates) else min(rates)
+    dist = init_gloo(comm) if "gloo" in impls else None
+    host = MPI.Get_processor_name()
+    hosts = comm.allgather_object(host)
+    records, rows = [], []
+    for op in ops:
+        for n in sizes:
+            runners = {impl: Runner(impl, op, n, comm, dist) for impl in impls}
+            result = {}
+            for impl, runner in runners.items():
+                if not runner.check():
+                    raise RuntimeError(f"{impl} {op} {n} B gave a wrong result")
+            # Probe one call per impl (after a warm-up call) to size the iteration count.
+            probe = {}
+            for impl, runner in runners.items():
+                for _ in range(args.warmup):
+                    runner.step()
+                probe[impl] = time_runner(runner, 1, None)[0]
+            worst = comm.max_over_ranks(max(probe.values()))
+            iters = args.iters or max(args.min_iters, min(args.max_iters, int(args.budget_s / max(worst, 1e-6))))
+            # Interleave the implementations in rounds so that noise hits both.
+            acc = {impl: [0.0, 0.0, 0, 0.0] for impl in impls}
+            rounds = max(1, min(args.rounds, iters))
+            per_round = max(1, iters // rounds)
+            for _ in range(rounds):
+                for impl, runner in runners.items():
+                    seconds, wire, cpu = time_runner(runner, per_round, iface)
+                    acc[impl][0] += seconds * per_round
+                    acc[impl][1] += (wire or 0.0) * per_round
+                    acc[impl][2] += per_round
+                    acc[impl][3] += cpu * per_round
+            bus = bus_bytes(op, n, comm.size)
+            bound = bus * 8 / rate_bit if rate_bit else None
+            for impl in impls:
+                total, wire_total, count, cpu_total = acc[impl]
+                seconds = comm.max_over_ranks(total / count)
+                cores = comm.allgather_object(cpu_total / total if total else 0.0)   # CPU used while waiting
+                wires = comm.allgather_object(wire_total / count if iface else None)
+                wire = None if any(w is None for w in wires) else sum(wires) / len(wires)
+                result[impl] = seconds
+                records.append({"bench": "collectives", "op": op, "impl": impl, "bytes": n, "ranks": comm.size,
+                                "iters": count, "seconds": seconds, "bus_bytes": bus, "bound_s": bound,
+                                "efficiency": bound / seconds if bound else None,
+                                "wire_bytes_per_rank": wire, "wire_over_bus": wire / bus if wire and bus else None,
+                                "cpu_cores": sum(cores) / len(cores), "rate_bit": rate_bit, "wait": comm.wait if impl == "ours" else "gloo",
+                                "cpu_quota": os.environ.get("DETR_CPU_QUOTA"), "hosts": hosts,
+                                "network": net})
+            if comm.rank == 0:
+                mine = [r for r in records if r["op"] == op and r["bytes"] == n]
+                ours = next((r for r in mine if r["impl"] == "ours"), None)
+                gloo = next((r for r in mine if r["impl"] == "gloo"), None)
+                rows.append([op, format_size(n), f"{bound * 1e3:.2f}" if bound else "-"]
+                            + [f"{r['seconds'] * 1e3:.2f}" if r else "-" for r in (ours, gloo)]
+                            + [f"{r['efficiency']:.2f}" if r and r["efficiency"] else "-" for r in (ours, gloo)]
+                            + [f"{ours['seconds'] / gloo['seconds']:.2f}" if ours and gloo else "-",
+                               f"{ours['wire_over_bus']:.3f}" if ours and ours["wire_over_bus"] else "-"]
+                            + [f"{r['cpu_cores']:.2f}" if r else "-" for r in (ours, gloo)]
+                            + [(ours or gloo)["iters"]])
+                print(f"  {op} {format_size(n)}: done", file=sys.stderr, flush=True)
+    if comm.rank == 0:
+        print(f"{comm.size} ranks on {len(set(hosts))} hosts, link {N.format_rate(rate_bit) if rate_bit else 'unshaped'}"
+              f"{' (' + iface + ')' if iface else ''}, ours wait={comm.wait}, "
+              f"cpu quota {os.environ.get('DETR_CPU_QUOTA', '-')}")
+        print(tabulate(rows, headers=["op", "size/rank", "bound ms", "ours ms", "gloo ms", "ours eff",
+                                      "gloo eff", "ours/gloo", "wire/bus", "ours cpu", "gloo cpu",
+                                      "iters"]))
+        write_jsonl(args.jsonl, records)
+    if dist is not None:
+        dist.destroy_process_group()
+
+
+def write_jsonl(path: str | None, records: list[dict]) -> None:
+    if not path:
+        return
+    if path == "-":
+        for record in records:
+            print(json.dumps(record))
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "a") as handle:
+        for record in records:
+            handle.write(json.dumps(record) + "\n")
+
+
+def bench_overhead(args, comm: Communicator) -> None:
+    from tabulate import tabulate
+    mpi = comm.mpi
+    ours_spin = Communicator(mpi, wait="spin")
+    ours_sleep = Communicator(mpi, wait="sleep")
+    tensor = torch.zeros(256)                 # 1 KiB float32
+    view = tensor.numpy()
+    variants = {
+        "raw mpi4py, numpy view": lambda: mpi.Allreduce(MPI.IN_PLACE, view, MPI.SUM),
+        "raw mpi4py, torch tensor (DLPack)": lambda: mpi.Allreduce(MPI.IN_PLACE, tensor, MPI.SUM),
+        "ours, wait=spin": lambda: ours_spin.allreduce(tensor),
+        "ours, wait=sleep": lambda: ours_sleep.allreduce(tensor),
+    }
+    samples = {name: [] for name in variants}
+    block = 100
+    blocks = max(1, -(-args.overhead_iters // block))
+    for fn in variants.values():
+        for _ in range(20):
+            fn()
+    clock = time.perf_counter
+    for _ in range(blocks):
+        for name, fn in variants.items():
+            mpi.Barrier()
+            out = samples[name]
+            for _ in range(block):
+                start = clock()
+                fn()
+                out.append(clock() - start)
+    medians = {name: statistics.median(s) for name, s in samples.items()}
+    all_medians = comm.gather_object(medians)
+    if comm.rank == 0:
+        base = "raw mpi4py, numpy view"
+        rows, records = [], []
+        for name in variants:
+            worst = max(m[name] for m in all_medians)
+            ref = max(m[base] for m in all_medians)
+            rows.append([name, f"{worst * 1e6:.2f}", f"{worst / ref:.3f}", len(samples[name])])
+            records.append({"bench": "overhead", "variant": name, "median_s": worst, "ratio_to_raw_numpy": worst / ref,
+                            "calls": len(samples[name]), "ranks": comm.size, "bytes": 1024})
+        print(f"1 KiB float32 allreduce, {comm.size} ranks, median per call (max over ranks)")
+        print(tabulate(rows, headers=["variant", "median us", "/ raw numpy", "calls"]))
+        write_jsonl(args.jsonl, records)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.collectives", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bench", choices=("collectives", "overhead"), default="collectives")
+    parser.add_argument("--sizes", default="64k,256k,1m,4m", help="bytes per rank (default %(default)s)")
+    parser.add_argument("--ops", default=",".join(OPS), help="default %(default)s")
+    parser.add_argument("--impls", default="ours,gloo", help="default %(default)s")
+    parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: from --budget-s)")
+    parser.add_argument("--budget-s", type=float, default=1.0, help="target seconds per op, size and impl")
+    parser.add_argument("--min-iters", type=int, default=3)
+    parser.add_argument("--max-iters", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of ours/gloo per point")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--overhead-iters", type=int, default=2000, help="calls per variant (>= 1000)")
+    parser.add_argument("--jsonl", help="append one JSON record per point to this file ('-' for stdout)")
+    args = parser.parse_args(argv)
+    if args.bench == "overhead" and args.overhead_iters < 1000:
+        raise UsageError("--overhead-iters must be >= 1000")
+    torch.set_num_threads(1)
+    comm = Communicator()
+    if args.bench == "overhead":
+        bench_overhead(args, comm)
+    else:
+        bench_collectives(args, comm)
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,241 @@
+"""bench.cluster on this machine: namespaces, shaped links, CPU quotas, MPI over TCP.
+
+Needs root, iproute2 and a cgroup cpu controller; skipped with the reason otherwise. Each test
+uses its own cluster name (prefix "dt" + random) so it never touches a user's cluster, and
+checks that nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import string
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import cluster as C
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, tc, cgroups)"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"`{tool}` not found (iproute2)"
+    if C.cgroup_layout() is None:
+        return "no cgroup cpu controller (v1 cpu mount or v2 cpu.max)"
+    if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
+        return "cannot list network namespaces"
+    return None
+
+
+REASON = skip_reason()
+needs_root = pytest.mark.skipif(REASON is not None, reason=REASON or "")
+
+
+def unique_name() -> str:
+    return "dt" + "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+
+
+def cluster(*args, name: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    verb, rest = args[0], list(args[1:])
+    return subprocess.run([sys.executable, "-m", "bench.cluster", verb, "--name", name, *rest], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def leftovers(name: str) -> list[str]:
+    found = C.leftovers(name)
+    # qdiscs live on links: none of ours may remain on any link of the root namespace either.
+    proc = subprocess.run(["tc", "-j", "qdisc", "show"], capture_output=True, text=True)
+    found += [q["dev"] for q in json.loads(proc.stdout or "[]") if str(q.get("dev", "")).startswith(name)]
+    return found
+
+
+@pytest.fixture
+def name():
+    name = unique_name()
+    yield name
+    if REASON is None:
+        cluster("down", name=name)
+        assert leftovers(name) == []
+
+
+def write_job(tmp_path: Path, code: str) -> str:
+    path = tmp_path / "job.py"
+    path.write_text(code)
+    return str(path)
+
+
+# -- validation: no root needed for most, nothing created ------------------------------------
+
+BAD = [
+    (["up", "--hosts", "0", "--rate", "100mbit"], "host count"),
+    (["up", "--hosts", "65", "--rate", "100mbit"], "host count"),
+    (["up", "--hosts", "x", "--rate", "100mbit"], "host count"),
+    (["up", "--hosts", "2", "--rate", "100"], "rate"),
+    (["up", "--hosts", "2", "--rate", "fast"], "rate"),
+    (["up", "--hosts", "2", "--rate", "1000gbit"], "rate"),
+    (["up", "--hosts", "2", "--rate", "10mbit", "--cpu-quota", "0"], "quota"),
+    (["up", "--hosts", "2", "--rate", "10mbit", "--cpu-quota", "abc"], "quota"),
+    (["up", "--hosts", "2", "--rate", "10mbit", "--cpu-quota", "999"], "quota"),
+    (["up", "--hosts", "2", "--rate", "10mbit", "--cpu-quotas", "0.5,0.5,0.5"], "quotas"),
+    (["up", "--hosts", "2", "--rate", "10mbit", "--burst", "1b"], "size"),
+    (["up", "--hosts", "2", "--rate", "10mbit", "--subnet", "8.8.8.0/24"], "subnet"),
+    (["up", "--hosts", "2", "--rate", "10mbit", "--subnet", "10.0.0.0/16"], "subnet"),
+]
+
+
+@pytest.mark.parametrize("args, word", BAD)
+def test_invalid_arguments_one_line_exit_2_nothing_created(args, word):
+    name = unique_name()
+    proc = cluster(*args, name=name)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], proc.stderr
+    if REASON is None:
+        assert leftovers(name) == []
+
+
+@pytest.mark.parametrize("bad", ["Bad", "a-b", "toolongname", "x/y"])
+def test_invalid_cluster_name(bad):
+    proc = subprocess.run([sys.executable, "-m", "bench.cluster", "up", "--name", bad, "--hosts", "2",
+                           "--rate", "10mbit"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "cluster name" in proc.stderr
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+@needs_root
+def test_up_idempotent_status_run_failure_down_leaves_nothing(name, tmp_path):
+    proc = cluster("up", "--hosts", "2", "--rate", "100mbit", "--cpu-quota", "0.5", name=name)
+    assert proc.returncode == 0, proc.stderr
+    proc = cluster("up", "--hosts", "2", "--rate", "50mbit", "--cpu-quota", "0.5", name=name)
+    assert proc.returncode == 0 and "already up" in proc.stdout, proc.stderr
+    status = json.loads(cluster("status", "--json", name=name).stdout)
+    assert status["intact"] and status["hosts"] == 2 and status["rate_bit"] == 50_000_000
+    for host in status["host_list"]:
+        assert host["egress"]["rate_bit"] == host["ingress"]["rate_bit"] == 50_000_000   # both directions
+        assert host["cpu"]["quota"] == pytest.approx(0.5)
+    # a different host count on a running cluster is refused, nothing changes
+    assert cluster("up", "--hosts", "3", "--rate", "50mbit", name=name).returncode == 2
+    # another cluster may not take this one's /24
+    other = unique_name()
+    proc = cluster("up", "--hosts", "1", "--rate", "50mbit", "--subnet", status["subnet"], name=other)
+    assert proc.returncode == 2 and "overlaps" in proc.stderr and leftovers(other) == []
+    # a command failing on one rank: non-zero exit, cluster still intact, down removes everything
+    job = write_job(tmp_path, "import sys\nfrom mpi4py import MPI\nsys.exit(3 if MPI.COMM_WORLD.Get_rank() == 1 else 0)\n")
+    proc = cluster("run", "--", sys.executable, job, name=name, timeout=60)
+    assert proc.returncode != 0
+    assert cluster("shape", "--rate", "10mbit", name=name).returncode == 0
+    assert json.loads(cluster("status", "--json", name=name).stdout)["host_list"][1]["egress"]["rate_bit"] == 10**7
+    proc = cluster("down", name=name)
+    assert proc.returncode == 0, proc.stderr
+    assert leftovers(name) == []
+    assert cluster("status", name=name).returncode == 1
+
+
+@needs_root
+def test_failed_up_cleans_up(name):
+    proc = cluster("up", "--hosts", "3", "--rate", "100mbit", "--cpu-quota", "0.3", name=name,
+                   env={"DETR_CLUSTER_FAULT": "host1"})
+    assert proc.returncode == 1 and "injected fault" in proc.stderr
+    assert leftovers(name) == []
+
+
+@needs_root
+def test_down_kills_ranks_left_running(name, tmp_path):
+    assert cluster("up", "--hosts", "2", "--rate", "100mbit", name=name).returncode == 0
+    sleeper = subprocess.Popen([sys.executable, "-m", "bench.cluster", "exec", "--name", name, "--host", "1", "--",
+                                "sleep", "60"], cwd=ROOT)
+    try:
+        for _ in range(100):
+            if C.cgroup_pids(Path(C.load_state(name)["cgroups"][1])):
+                break
+            subprocess.run(["sleep", "0.02"])
+        assert cluster("down", name=name).returncode == 0
+        assert leftovers(name) == []
+        assert sleeper.wait(timeout=10) != 0
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+
+
+# -- the links and the quotas do what they say -----------------------------------------------
+
+ALLGATHER_JOB = """
+import json, time, torch
+from parallelism.comm import Communicator
+from bench.network import describe_network, read_tx_rx, wire_iface
+comm = Communicator()
+part, out = torch.ones(1 << 18), torch.empty(comm.size << 18)      # 1 MiB per rank
+for _ in range(2):
+    comm.allgather(part, out)
+times, wires = [], []
+for _ in range(5):
+    comm.barrier()
+    tx = read_tx_rx(wire_iface())[0]
+    start = time.perf_counter()
+    comm.allgather(part, out)
+    times.append(comm.max_over_ranks(time.perf_counter() - start))
+    wires.append(read_tx_rx(wire_iface())[0] - tx)
+assert torch.equal(out, torch.ones(comm.size << 18))
+res = comm.gather_object({"times": times, "wire": sorted(wires)[2], "net": describe_network(), "wait": comm.wait})
+if comm.rank == 0:
+    print(json.dumps(res))
+"""
+
+
+@needs_root
+def test_allgather_100mbit_wire_bytes_and_time(name, tmp_path):
+    assert cluster("up", "--hosts", "4", "--rate", "100mbit", "--cpu-quota", "0.45", name=name).returncode == 0
+    proc = cluster("run", "--", sys.executable, write_job(tmp_path, ALLGATHER_JOB), name=name, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ranks = json.loads(proc.stdout.strip().splitlines()[-1])
+    bus = 3 * (1 << 20)                                  # (P-1) x 1 MiB sent per rank
+    bound = bus * 8 / 100e6
+    for rank in ranks:
+        assert rank["net"]["rate_bit"] == 100_000_000 and rank["net"]["iface"] == "eth0" and rank["wait"] == "sleep"
+        assert abs(rank["wire"] / bus - 1) < 0.03, rank["wire"] / bus
+    best = min(ranks[0]["times"])
+    assert best <= 1.15 * bound and best >= 0.95 * bound, (best, bound)
+
+
+LOOP = ("import time\nstart, cpu = time.perf_counter(), time.process_time()\nx = 0\n"
+        "for i in range(8_000_000):\n    x += i * i\n"
+        "print(time.perf_counter() - start, time.process_time() - cpu)\n")
+
+
+def run_loop(cmd: list[str]) -> tuple[float, float]:
+    """(wall, cpu) seconds of the loop."""
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    wall, cpu = proc.stdout.split()
+    return float(wall), float(cpu)
+
+
+@needs_root
+def test_cpu_quota_quarter_slows_loop_4x(name):
+    assert cluster("up", "--hosts", "1", "--rate", "1gbit", "--cpu-quota", "0.25", name=name).returncode == 0
+    # Unconfined runs interleaved with confined ones; the fastest of each (the machine is shared).
+    free, capped = [], []
+    # ~0.8 s unconfined: long enough that the 100 ms CFS periods and a cold start average out.
+    for _ in range(3):
+        free.append(run_loop([sys.executable, "-c", LOOP]))
+        capped.append(run_loop([sys.executable, "-m", "bench.cluster", "exec", "--name", name, "--host", "0",
+                                "--", sys.executable, "-c", LOOP]))
+    # Full speed = the unconfined loop's wall time; on a loaded machine (other jobs on the
+    # cores) that wall time is inflated, so its CPU time stands for it when smaller.
+    full_speed = min(min(w for w, _ in free), min(c for _, c in free))
+    ratio = min(w for w, _ in capped) / full_speed
+    assert 4 * 0.85 <= ratio <= 4 * 1.15, (ratio, free, capped)
+    # and the quota itself: the confined loop got a quarter of a core while it ran
+    share = min(c / w for w, c in capped)
+    assert 0.25 * 0.85 <= share <= 0.25 * 1.15, (share, capped)

@@ -1,0 +1,102 @@
+"""bench.netem against a real veth inside a network namespace (an emulated host of bench.cluster)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from bench import network as N
+from test_cluster import REASON, ROOT, cluster, leftovers, unique_name
+
+pytestmark = [pytest.mark.root, pytest.mark.slow,
+              pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+
+@pytest.fixture(scope="module")
+def name():
+    name = unique_name()
+    proc = cluster("up", "--hosts", "2", "--rate", "100mbit", name=name)
+    assert proc.returncode == 0, proc.stderr
+    yield name
+    assert cluster("down", name=name).returncode == 0
+    assert leftovers(name) == []
+
+
+def netem(name: str, *args: str, host: int = 0) -> subprocess.CompletedProcess:
+    return cluster("exec", "--host", str(host), "--", sys.executable, "-m", "bench.netem", *args, name=name)
+
+
+def shown(name: str, host: int = 0) -> dict:
+    proc = netem(name, "show", "--iface", "eth0", "--json", host=host)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["state"]
+
+
+def test_show_parses_the_real_qdisc(name):
+    state = shown(name)
+    assert state["iface"] == "eth0" and state["qdiscs"] == ["tbf"] and state["rate_bit"] == 100_000_000
+    assert state["burst"] > 30_000 and state["host"] == f"{name}-h0"
+
+
+def test_set_rate_then_clear(name):
+    proc = netem(name, "set", "--iface", "eth0", "--rate", "20mbit", host=1)
+    assert proc.returncode == 0, proc.stderr
+    assert shown(name, 1)["rate_bit"] == 20_000_000
+    proc = netem(name, "clear", "--iface", "eth0", host=1)
+    assert proc.returncode == 0 and "cleared tbf" in proc.stdout
+    assert shown(name, 1)["rate_bit"] is None
+    proc = netem(name, "clear", "--iface", "eth0", host=1)          # clearing twice is fine
+    assert proc.returncode == 0 and "nothing was set" in proc.stdout
+
+
+def test_delay_loss_missing_netem_is_reported_not_crashed_on(name):
+    proc = netem(name, "set", "--iface", "eth0", "--rate", "50mbit", "--delay", "2ms", "--jitter", "0.5ms",
+                 "--loss", "0.1%", host=1)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    state = shown(name, 1)
+    assert state["rate_bit"] == 50_000_000
+    if N.netem_available() is False:
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        assert "qdisc netem is missing from this kernel" in proc.stdout
+        assert "cannot emulate delay 2ms, jitter 500us, loss 0.1%" in proc.stdout
+        assert state["delay_us"] is None and state["netem_available"] is False
+    else:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert state["delay_us"] == pytest.approx(2000) and state["loss_pct"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("args, word", [
+    (["set", "--iface", "eth0", "--rate", "fast"], "rate"),
+    (["set", "--iface", "eth 0", "--rate", "10mbit"], "interface name"),
+    (["set", "--iface", "nosuch0", "--rate", "10mbit"], "no interface"),
+    (["set", "--iface", "eth0", "--jitter", "1ms"], "needs --delay"),
+    (["set", "--iface", "eth0", "--loss", "150%"], "loss"),
+    (["set", "--iface", "eth0"], "nothing to set"),
+])
+def test_invalid_arguments(name, args, word):
+    before = shown(name)
+    proc = netem(name, *args)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: ") and word in proc.stderr, proc.stderr
+    assert shown(name) == before
+
+
+def test_not_root_is_a_clear_error():
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv not installed: cannot drop root for this check")
+    proc = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
+                           "-m", "bench.netem", "set", "--iface", "lo", "--rate", "10mbit"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs root" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_under_mpi_one_process_per_host_acts(name):
+    proc = cluster("run", "--", sys.executable, "-m", "bench.netem", "show", "--iface", "eth0", "--json",
+                   name=name, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    assert sorted(r["host"] for r in lines) == [f"{name}-h0", f"{name}-h1"]
