@@ -10,15 +10,14 @@ them alike; the ratio ours/peer is the figure, not the absolute time.
 
 from __future__ import annotations
 
-import argparse
-import json
-import statistics
 import sys
 import time
 
 import torch
 
 import kernels as K
+
+from . import cli, records
 
 
 def torch_peer(cfg: K.ModelConfig, weights: K.ModelWeights):
@@ -67,28 +66,25 @@ def time_interleaved(impls: dict, ids, mask, warmup: int, iters: int) -> dict[st
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="bert-base,bert-large,minilm-l6",
-                        help="comma-separated presets (default: %(default)s)")
-    parser.add_argument("--threads", default="1,2", help="torch thread counts (default: %(default)s)")
-    parser.add_argument("--seq", type=int, default=128, help="tokens per request (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=1, help="requests per forward (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds (default: %(default)s)")
-    parser.add_argument("--iters", type=int, default=10, help="timed rounds; the median is reported (default: %(default)s)")
+    parser = cli.ArgumentParser(prog="python -m bench.kernels", description=__doc__)
+    parser.add_argument("--models", type=cli.name_list, default=["bert-base", "bert-large", "minilm-l6"],
+                        help="comma-separated presets (default: bert-base,bert-large,minilm-l6)")
+    parser.add_argument("--threads", type=cli.int_list, default=[1, 2], help="torch thread counts (default: 1,2)")
+    parser.add_argument("--seq", type=cli.positive_int, default=128, help="tokens per request (default: %(default)s)")
+    parser.add_argument("--batch", type=cli.positive_int, default=1, help="requests per forward (default: %(default)s)")
+    parser.add_argument("--warmup", type=cli.nonneg_int, default=3, help="untimed rounds (default: %(default)s)")
+    parser.add_argument("--iters", type=cli.positive_int, default=10,
+                        help="timed rounds; the median is reported (default: %(default)s)")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face BertModel peer")
-    parser.add_argument("--out", help="append one JSON line per (model, threads) to this file")
+    parser.add_argument("--out", help="append one JSON line per (model, threads) to this file (atomic appends)")
     args = parser.parse_args(argv)
     try:
-        models = [K.preset(name) for name in args.models.split(",")]
-        threads = [int(t) for t in args.threads.split(",")]
-        if min(threads) < 1 or args.iters < 1 or args.warmup < 0 or args.seq < 1 or args.batch < 1:
-            raise ValueError("threads, iters, seq and batch must be >= 1, warmup >= 0")
-        if any(args.seq > cfg.max_positions for cfg in models):
-            raise ValueError(f"--seq {args.seq} exceeds a model's max positions")
-    except (K.ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        models = [K.preset(name) for name in args.models]
+    except K.ConfigError as err:
+        raise cli.CliError(str(err)) from None
+    too_long = [cfg.name for cfg in models if args.seq > cfg.max_positions]
+    if too_long:
+        raise cli.CliError(f"--seq {args.seq} exceeds the max positions of {', '.join(too_long)}")
 
     from tabulate import tabulate
     rows = []
@@ -101,16 +97,17 @@ def main(argv=None) -> int:
         ids = torch.randint(1, cfg.vocab, (args.batch, args.seq))
         mask = torch.ones_like(ids)
         flops = K.forward_flops(cfg, args.batch, args.seq)
-        for n_threads in threads:
+        for n_threads in args.threads:
             torch.set_num_threads(n_threads)
             times = time_interleaved(impls, ids, mask, args.warmup, args.iters)
-            p50 = {name: statistics.median(ts) for name, ts in times.items()}
+            p50 = {name: records.stats(ts)["p50"] for name, ts in times.items()}
             record = {
                 "bench": "kernels", "model": cfg.name, "threads": n_threads, "batch": args.batch, "seq": args.seq,
-                "latency_p50_s": p50, "gflops_per_s": {n: flops / t / 1e9 for n, t in p50.items()},
+                "latency_s": {name: records.stats(ts) for name, ts in times.items()},
+                "gflops_per_s": {n: flops / t / 1e9 for n, t in p50.items()},
                 "ratio_ours_vs_torch": p50["ours"] / p50["torch"],
                 "ratio_ours_vs_hf": p50["ours"] / p50["hf"] if "hf" in p50 else None,
-                "torch": torch.__version__, "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "env": records.local_env(),
             }
             rows.append([cfg.name, n_threads, p50["ours"] * 1e3, p50["torch"] * 1e3,
                          p50["hf"] * 1e3 if "hf" in p50 else None, record["gflops_per_s"]["ours"],
@@ -118,8 +115,7 @@ def main(argv=None) -> int:
             print(f"{cfg.name} threads={n_threads}: ours {p50['ours']*1e3:.1f} ms, "
                   f"ours/torch {record['ratio_ours_vs_torch']:.3f}", file=sys.stderr, flush=True)
             if args.out:
-                with open(args.out, "a") as out:
-                    out.write(json.dumps(record) + "\n")
+                records.append_jsonl(args.out, record)
         del impls, weights
     print(tabulate(rows, headers=["model", "threads", "ours ms", "torch TEL ms", "HF ms", "ours GFLOP/s",
                                   "ours/torch", "ours/HF"], floatfmt=".3f", missingval="-"))
@@ -127,4 +123,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.guard(main)

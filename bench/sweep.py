@@ -1,0 +1,175 @@
+"""bench.sweep: run bench.latency (or bench.throughput) over a grid of points, resumably.
+
+    python -m bench.sweep --bench latency -n 4 --seqs 64,128 --out results/sweep.jsonl
+    python -m bench.sweep --launcher cluster --rates 10mbit,50mbit,100mbit,1gbit --out results/rates.jsonl
+    python -m bench.sweep --seqs 16 --models tiny -n 2 -- --strategies tp,bp --iters 5
+
+Every point of models x seqs x batches x rates is one job (argument lists,
+never shell strings):
+  local:   mpiexec -n P python -m bench.<bench> --model M --seq S --batch B ...
+  cluster: python -m bench.cluster shape --rate R       (before each new rate)
+           python -m bench.cluster run -- python -m bench.<bench> ... --rate R
+           (the emulated cluster decides the rank count: one per host)
+Arguments after `--` go to every driver run. For --bench throughput the
+--batches values are the request-set sizes (--requests).
+
+Resumable: every record a point writes carries the tag sweep_point=<key>; a
+point whose job finished is listed in <out>.points; points found there (or
+with records in --out) are skipped. Rates need --launcher cluster: a local
+launch cannot shape the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from itertools import product
+from pathlib import Path
+
+from . import records
+from .cli import ArgumentParser, CliError, guard
+
+RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps)$", re.IGNORECASE)
+
+
+def csv_of(kind, text):
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise CliError(f"empty list {text!r}")
+    if kind is int:
+        try:
+            values = [int(v) for v in items]
+        except ValueError:
+            raise CliError(f"expected comma-separated positive integers, got {text!r}") from None
+        if any(v < 1 for v in values):
+            raise CliError(f"expected comma-separated positive integers, got {text!r}")
+        return values
+    return items
+
+
+def make_parser():
+    p = ArgumentParser(prog="python -m bench.sweep", description=__doc__.strip())
+    p.add_argument("--bench", choices=("latency", "throughput"), default="latency",
+                   help="driver to run at every point (default latency)")
+    p.add_argument("-n", "--ranks", type=int, default=None,
+                   help="ranks per job (local: default 4; cluster: passed to bench.cluster run -n, "
+                        "default one per emulated host)")
+    p.add_argument("--launcher", choices=("local", "cluster"), default="local",
+                   help="local: mpiexec next to this python; cluster: python -m bench.cluster run (default local)")
+    p.add_argument("--models", default="bert-base", help="comma-separated presets or folders (default bert-base)")
+    p.add_argument("--seqs", default="128", help="comma-separated sequence lengths (default 128)")
+    p.add_argument("--batches", default="1",
+                   help="comma-separated batch sizes (throughput: request-set sizes) (default 1)")
+    p.add_argument("--rates", default=None,
+                   help="comma-separated link rates, e.g. 10mbit,50mbit,100mbit,1gbit (needs --launcher cluster)")
+    p.add_argument("--out", default=None, help="JSONL result file shared by all points (default results/sweep-<time>.jsonl)")
+    p.add_argument("--keep-going", action="store_true", help="go on after a failed point (exit 1 at the end)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("driver_args", nargs="*", help="after `--`: arguments for every driver run")
+    return p
+
+
+def mpiexec() -> str:
+    here = Path(sys.executable).parent / "mpiexec"
+    found = str(here) if here.exists() else shutil.which("mpiexec")
+    if not found:
+        raise CliError("mpiexec not found next to python or on PATH (pip install mpich, or use --launcher cluster)")
+    return found
+
+
+def point_key(bench, model, seq, batch, rate, ranks) -> str:
+    return f"{bench}|{model}|seq={seq}|batch={batch}|rate={rate or '-'}|n={ranks}"
+
+
+def done_points(out: Path) -> set[str]:
+    done = set()
+    marker = Path(str(out) + ".points")
+    if marker.exists():
+        for rec in records.read_records(marker, warn=False):
+            done.add(rec.get("point"))
+    if out.exists():
+        for rec in records.read_records(out, warn=False):
+            key = (rec.get("tags") or {}).get("sweep_point")
+            if key:
+                done.add(key)
+    return done
+
+
+def driver_command(args, model, seq, batch, rate, key, out) -> list[str]:
+    cmd = [sys.executable, "-m", f"bench.{args.bench}", "--model", model, "--seq", str(seq)]
+    cmd += ["--requests" if args.bench == "throughput" else "--batch", str(batch)]
+    cmd += ["--out", str(out), "--tag", f"sweep_point={key}"]
+    if rate:
+        cmd += ["--rate", rate]
+    cmd += args.driver_args
+    if args.launcher == "cluster":
+        ranks = ["-n", str(args.ranks)] if args.ranks else []
+        return [sys.executable, "-m", "bench.cluster", "run", *ranks, "--", *cmd]
+    return [mpiexec(), "-n", str(args.ranks or 4), *cmd]
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
+    models, seqs = csv_of(str, args.models), csv_of(int, args.seqs)
+    batches = csv_of(int, args.batches)
+    rates = csv_of(str, args.rates) if args.rates else [None]
+    for rate in rates:
+        if rate is not None and not RATE.match(rate):
+            raise CliError(f"--rates: {rate!r} is not a rate like 10mbit, 500kbit, 1gbit")
+    if args.rates and args.launcher != "cluster":
+        raise CliError("--rates needs --launcher cluster: a local launch cannot shape the network "
+                       "(bring up the emulated cluster with python -m bench.cluster up)")
+    if args.ranks is not None and args.ranks < 1:
+        raise CliError(f"-n must be >= 1, got {args.ranks}")
+    for flag in ("--out", "--model", "--seq", "--batch", "--requests", "--rate"):
+        if flag in args.driver_args:
+            raise CliError(f"{flag} is set by the sweep for every point; do not pass it after --")
+    out = Path(args.out or f"results/sweep-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl")
+    done = done_points(out)
+    points = [(m, s, b, r) for r, m, s, b in product(rates, models, seqs, batches)]  # rate outermost
+    ranks_label = args.ranks or (4 if args.launcher == "local" else "all")
+    todo = [p for p in points if point_key(args.bench, *p, ranks_label) not in done]
+    print(f"bench.sweep: {len(points)} point(s), {len(points) - len(todo)} already in {out}, "
+          f"{len(todo)} to run", flush=True)
+    start, failed, shaped = time.monotonic(), [], None
+    for index, (model, seq, batch, rate) in enumerate(todo, 1):
+        key = point_key(args.bench, model, seq, batch, rate, ranks_label)
+        if args.launcher == "cluster" and rate and rate != shaped:
+            shape = [sys.executable, "-m", "bench.cluster", "shape", "--rate", rate]
+            print("$ " + " ".join(shape), flush=True)
+            if not args.dry_run:
+                if subprocess.run(shape).returncode:
+                    raise CliError(f"could not shape the emulated cluster to {rate} (is it up?)")
+            shaped = rate
+        cmd = driver_command(args, model, seq, batch, rate, key, out)
+        print("$ " + " ".join(cmd), flush=True)
+        if args.dry_run:
+            continue
+        t0 = time.monotonic()
+        code = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        if code == 0:
+            records.append_jsonl(str(out) + ".points", {"point": key, "utc_time": records.utc_now(),
+                                                        "seconds": round(time.monotonic() - t0, 3)})
+        else:
+            failed.append(key)
+            print(f"point {key} failed (exit {code})", file=sys.stderr, flush=True)
+            if code in (130, -2) or not args.keep_going:
+                print(f"stopping; finished points are kept in {out} (rerun to resume)", file=sys.stderr)
+                return 1
+        elapsed = time.monotonic() - start
+        eta = elapsed / index * (len(todo) - index)
+        print(f"[{index}/{len(todo)}] {key} | elapsed {elapsed:.0f}s, ETA {eta:.0f}s", flush=True)
+    if failed:
+        print(f"{len(failed)} point(s) failed: {json.dumps(failed)}", file=sys.stderr)
+        return 1
+    print(f"sweep done: results in {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    guard(main)
