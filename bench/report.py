@@ -87,6 +87,91 @@ def group(recs, *fields) -> "OrderedDict[tuple, list]":
     return out
 
 
+# -- other implementations measured elsewhere (e.g. the paper's artifact) -----------------
+def load_peer(path: str) -> dict:
+    """A JSON file of another implementation's latencies: name, short_name, source, the point
+    it was measured at (model, seq, batch, world_size) and latency_s {rate: {strategy: s}}."""
+    import json
+    try:
+        peer = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise CliError(f"--peer {path}: {err}") from None
+    need = ("name", "short_name", "model", "seq", "batch", "world_size", "latency_s")
+    missing = [k for k in need if k not in peer]
+    if missing:
+        raise CliError(f"--peer {path}: missing {', '.join(missing)}")
+    return peer
+
+
+def peer_matches(peer: dict, r: dict) -> bool:
+    return all(peer[k] == r.get(k) for k in ("model", "seq", "batch", "world_size"))
+
+
+def peer_series(peer: dict) -> dict:
+    """strategy -> [(Mbit/s, seconds)] sorted by rate."""
+    out: dict = {}
+    for rate, by_strategy in peer["latency_s"].items():
+        for strategy, seconds in by_strategy.items():
+            out.setdefault(strategy, []).append((rate_mbit(rate), seconds))
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def rate_tables(rs, model, batch, seq, P, peers=()) -> list[str]:
+    """Latency p50 per strategy at each link rate, TP/BP and best-other/BP, the peers'
+    latencies at the same rates, and wire/bus bytes per strategy."""
+    labs = order(label(r) for r in rs)
+    by_rate = group(sorted(rs, key=lambda r: rate_mbit(r.get("rate")) or 0), "rate")
+    bps = [l for l in labs if l.startswith("bp")]
+    peers = [p for p in peers if peer_matches(p, rs[0])]
+    head = ["rate", "serial"] + labs + [f"tp / {l}" for l in bps] + [f"best other / {l}" for l in bps]
+    for peer in peers:
+        head += [f"{st}: {peer['short_name']}" for st in order({k for v in peer["latency_s"].values() for k in v})]
+        head += [f"tp / bp: {peer['short_name']}"]
+        if peer.get("serial_s"):
+            head += [f"serial: {peer['short_name']}"]
+    rows, wire_rows = [], []
+    for (rate,), group_rs in by_rate.items():
+        if not rate_mbit(rate):
+            continue
+        p50 = {label(r): r["latency_s"]["p50"] for r in group_rs}
+        serial = [r["serial_latency_s"]["p50"] for r in group_rs
+                  if r.get("reference") == "serial" and r.get("serial_latency_s")]
+        row = [rate, s(serial[0] if serial else None)] + [s(p50.get(l)) for l in labs]
+        for l in bps:
+            row.append(f"{p50['tp'] / p50[l]:.2f}x" if "tp" in p50 and l in p50 else "-")
+        for l in bps:
+            others = [v for k, v in p50.items() if not k.startswith("bp")]
+            row.append(f"{min(others) / p50[l]:.2f}x" if others and l in p50 else "-")
+        for peer in peers:
+            mine = next((v for k, v in peer["latency_s"].items() if rate_mbit(k) == rate_mbit(rate)), {})
+            for st in order({k for v in peer["latency_s"].values() for k in v}):
+                row.append(s(mine.get(st)))
+            row.append(f"{mine['tp'] / mine['bp']:.2f}x" if "tp" in mine and "bp" in mine else "-")
+            if peer.get("serial_s"):
+                row.append(s(peer["serial_s"]))
+        rows.append(row)
+        wire = []
+        for l in labs:
+            r = next((r for r in group_rs if label(r) == l), None)
+            bus, w = (tot(r, "bus_bytes_per_rank"), r.get("wire_bytes_per_rank")) if r else (None, None)
+            wire.append(f"{w / bus:.3f}" if bus and w else "-")
+        wire_rows.append([rate] + wire)
+    out = [f"### Latency vs bandwidth: {model}, batch {batch}, seq {seq}, P={P}", "",
+           "p50 latency per forward (max over ranks). `serial`: the original model on one host, "
+           "measured in the same job (it tracks the machine's speed at that moment; on a shared "
+           "machine it drifts between jobs). `tp / bp` > 1: BP is that many times faster than TP; "
+           "`best other / bp`: against the fastest of dp, pp, tp, sp at that rate (dp at batch 1 is "
+           "one host running the whole model).", ""]
+    for peer in peers:
+        out += [f"`{peer['short_name']}` = {peer['name']}: {peer.get('source', '')}", ""]
+        out += [f"- {claim}" for claim in peer.get("claims", [])] + ([""] if peer.get("claims") else [])
+    out += [md_table(head, rows), "",
+            "Wire / bus bytes per strategy (interface tx bytes per forward, max over ranks, over "
+            "the bus bytes of the communicator; headers and TCP acks make it > 1):", "",
+            md_table(["rate"] + labs, wire_rows), ""]
+    return out
+
+
 # -- plots ----------------------------------------------------------------------------
 def _plt():
     import matplotlib
@@ -95,10 +180,17 @@ def _plt():
     return plt
 
 
-def plot_latency_vs_rate(lat, path: Path, title: str) -> bool:
+def plot_latency_vs_rate(lat, path: Path, title: str, peers=()) -> bool:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     drawn = False
+    r0 = lat[0]
+    for peer in peers:
+        if not peer_matches(peer, r0):
+            continue
+        for strategy, pts in peer_series(peer).items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "x--", lw=1, color=COLORS.get(strategy),
+                    label=f"{strategy}: {peer['short_name']}")
     for lab in order(label(r) for r in lat):
         pts = sorted((rate_mbit(r.get("rate")), r["latency_s"]["p50"]) for r in lat
                      if label(r) == lab and rate_mbit(r.get("rate")))
@@ -144,7 +236,7 @@ def plot_latency_bars(lat, path: Path, title: str) -> None:
         ax.axhline(sum(serial) / len(serial), ls="--", color="#555555", label="serial (1 device)")
     ax.set_xticks(range(len(labs)), labs)
     ax.set_ylabel("latency p50 (s, max over ranks); labels in ms")
-    _save_bars(plt, fig, ax, path, title, max([r["latency_s"]["p50"] for r in lat] + serial), ncol=3)
+    _save_bars(plt, fig, ax, path, title, max([r["latency_s"]["p50"] for r in lat] + serial + [0.0]), ncol=3)
 
 
 def _save_bars(plt, fig, ax, path: Path, title: str, top: float, ncol: int) -> None:
@@ -241,6 +333,11 @@ def make_parser():
     p.add_argument("--out-dir", default="reports", help="folder for the report (default reports)")
     p.add_argument("--title", default=None, help="title line of the report")
     p.add_argument("--quiet", action="store_true", help="do not print the paths written")
+    p.add_argument("--notes", metavar="MD", help="a Markdown file of the author's reading of the results, "
+                   "included after the header under 'Notes' (the tables stay generated)")
+    p.add_argument("--peer", action="append", default=[], metavar="JSON",
+                   help="latencies of another implementation to set next to ours in the latency-vs-bandwidth "
+                        "tables and plot (format: reports/peers/paper-artifact.json); repeatable")
     return p
 
 
@@ -254,7 +351,12 @@ def main(argv=None) -> int:
     recs = dedup(records.read_records(args.results))
     if not recs:
         raise CliError("no records in " + ", ".join(args.results))
-    written = write_report(recs, Path(args.out_dir), args.name, args.title, args.results)
+    peers = [load_peer(path) for path in args.peer]
+    try:
+        notes = Path(args.notes).read_text() if args.notes else None
+    except OSError as err:
+        raise CliError(f"--notes {args.notes}: {err.strerror or err}") from None
+    written = write_report(recs, Path(args.out_dir), args.name, args.title, args.results, peers, notes)
     if not args.quiet:
         for path in written:
             print(f"wrote {path}")
@@ -269,7 +371,7 @@ def _load_range(recs) -> str:
     return f"{min(loads):.1f} .. {max(loads):.1f}" + (f" on {cpus} CPUs" if cpus else "")
 
 
-def write_report(recs, out_dir: Path, name: str, title: str | None, sources) -> list[Path]:
+def write_report(recs, out_dir: Path, name: str, title: str | None, sources, peers=(), notes=None) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     lat = [r for r in recs if r.get("bench") == "latency" and r.get("latency_s")]
     thr = [r for r in recs if r.get("bench") == "throughput" and r.get("throughput_rps")]
@@ -296,6 +398,8 @@ def write_report(recs, out_dir: Path, name: str, title: str | None, sources) -> 
                "absolute times and efficiencies are contended; byte and message counts, and max_abs_err, "
                "are not affected.", ""]
 
+    if notes:
+        md += ["## Notes", "", notes.strip(), ""]
     if lat:
         md += ["## Latency (one request at a time)", "",
                "Latency is one whole forward, per iteration the maximum over ranks, after a barrier. "
@@ -330,20 +434,25 @@ def write_report(recs, out_dir: Path, name: str, title: str | None, sources) -> 
         rates = {r.get("rate") for r in lat if rate_mbit(r.get("rate"))}
         if len(rates) >= 2:
             for (model, batch, seq, P), rs in group(lat, "model", "batch", "seq", "world_size").items():
+                if len({rate_mbit(r.get("rate")) for r in rs} - {None}) < 2:
+                    continue
+                md += rate_tables(rs, model, batch, seq, P, peers)
                 path = out_dir / f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}.png".replace("/", "_")
-                if plot_latency_vs_rate(rs, path, f"{model}, seq {seq}, batch {batch}, P={P}"):
+                if plot_latency_vs_rate(rs, path, f"{model}, seq {seq}, batch {batch}, P={P}", peers):
                     written.append(path)
                     md += [f"![latency vs bandwidth]({path.name})", ""]
         for (model, batch, seq), rs in group(lat, "model", "batch", "seq").items():
             tag = f"{model}-s{seq}-b{batch}".replace("/", "_")
-            path = out_dir / f"{name}-latency-{tag}.png"
-            plot_latency_bars([r for r in rs if not r.get("rate") or len(rates) < 2], path,
-                              f"latency p50 by strategy: {model}, seq {seq}, batch {batch}")
-            written.append(path)
+            unshaped = [r for r in rs if not r.get("rate") or len(rates) < 2]  # rated ones: plotted vs rate
+            if unshaped:
+                path = out_dir / f"{name}-latency-{tag}.png"
+                plot_latency_bars(unshaped, path, f"latency p50 by strategy: {model}, seq {seq}, batch {batch}")
+                written.append(path)
+                md += [f"![latency by strategy]({path.name})", ""]
             path2 = out_dir / f"{name}-breakdown-{tag}.png"
             plot_breakdown(rs, path2, f"compute vs communication: {model}, seq {seq}, batch {batch}")
             written.append(path2)
-            md += [f"![latency by strategy]({path.name})", "", f"![compute/comm breakdown]({path2.name})", ""]
+            md += [f"![compute/comm breakdown]({path2.name})", ""]
 
     if thr:
         md += ["## Throughput and strong scaling (one launch, sub-communicators of P ranks)", "",

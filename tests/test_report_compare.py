@@ -75,6 +75,38 @@ def test_report_writes_markdown_and_pngs(fixture_file, tmp_path):
         assert f"({p.name})" in md
 
 
+def test_report_rate_table_ratios_and_peer(fixture_file, tmp_path):
+    peer = tmp_path / "peer.json"
+    peer.write_text(json.dumps({"name": "their code", "short_name": "theirs", "source": "elsewhere",
+                                "claims": ["up to 2.81x"], "model": "tiny", "seq": 16, "batch": 1,
+                                "world_size": 4, "latency_s": {"100mbit": {"tp": 1.0, "bp": 0.25}},
+                                "serial_s": 0.5}))
+    out = tmp_path / "reports"
+    assert report.main([str(fixture_file), "--name", "fx", "--out-dir", str(out), "--quiet",
+                        "--peer", str(peer)]) == 0
+    md = (out / "fx.md").read_text()
+    assert "### Latency vs bandwidth: tiny, batch 1, seq 16, P=4" in md and "- up to 2.81x" in md
+    rows = {}  # rate -> its row in the latency table (the first table keyed by rate)
+    for line in md.splitlines():
+        if line.startswith(("| 10mbit", "| 100mbit", "| 1gbit")):
+            rows.setdefault(line.split(" | ")[0].strip("| "), line)
+    tp10, bp10 = 0.02 * 10, 0.012 * 10 ** 0.3
+    assert f"| {tp10 / bp10:.2f}x |" in rows["10mbit"]                  # tp / bp at 10 Mbit/s
+    assert rows["100mbit"].endswith("| 1.00s | 250.0ms | 4.00x | 500.0ms |")   # the peer's tp, bp, tp/bp
+    assert rows["10mbit"].endswith("| - | - | - | 500.0ms |")                     # the peer has no 10 Mbit/s point
+    # records that are all at some rate (a sweep): no unshaped bar chart, no crash
+    rated = tmp_path / "rated.jsonl"
+    for line in fixture_file.read_text().splitlines():
+        if '"rate": null' not in line:
+            rated.open("a").write(line + "\n")
+    assert report.main([str(rated), "--name", "rated", "--out-dir", str(out), "--quiet"]) == 0
+    assert "latency-vs-bandwidth" in (out / "rated.md").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    with pytest.raises(report.CliError, match="missing name"):
+        report.main([str(fixture_file), "--out-dir", str(out), "--peer", str(bad)])
+
+
 def test_report_bad_input_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.report", str(tmp_path / "missing.jsonl")],
                        capture_output=True, text=True, cwd=ROOT)
