@@ -19,7 +19,8 @@ Layout for cluster NAME (default "detr", --name or $DETR_CLUSTER_NAME) with N ho
 the agent joins the host's cgroup, gives the host its own hostname (UTS namespace) and then
 `ip netns exec`s the proxy there. MPI is forced onto TCP (ofi/tcp on eth0); ranks get
 DETR_IFACE=eth0, DETR_COMM_WAIT=sleep (--wait spin to change), GLOO_SOCKET_IFNAME=eth0,
-MASTER_ADDR/MASTER_PORT (host 0), OMP_NUM_THREADS=1 unless set.
+MASTER_ADDR/MASTER_PORT (host 0); unless set: OMP_NUM_THREADS=1 and
+MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM=tsp_ring (the ring beats MPICH's default on slow links).
 
 Exit codes: 0 ok, 1 operation failed (a failed `up` removes what it made), 2 invalid arguments
 or not root (nothing created).
@@ -645,6 +646,11 @@ def rank_env(state: dict, wait: str) -> dict:
     })
     env.setdefault("MASTER_PORT", str(20000 + (os.getpid() % 20000)))
     env.setdefault("OMP_NUM_THREADS", "1")
+    # Sleep-mode waits run allreduces as MPI_Iallreduce. MPICH's automatic choice for it
+    # (recursive halving/doubling) lost to gloo's ring on these shaped links: 1 MiB on 4 hosts,
+    # ours/gloo 1.19 at 10 Mbit/s and 1.04-1.09 at 100 Mbit/s; its ring algorithm: 0.98 and 1.00
+    # (1 Gbit/s: equal; only 64 KiB at 1 Gbit/s lost ~1 ms to the ring's extra steps).
+    env.setdefault("MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM", "tsp_ring")
     return env
 
 
