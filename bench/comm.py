@@ -2,7 +2,7 @@
 
     python -m bench.comm                                        # analytic: bert-base,bert-large x P=2,4
     python -m bench.comm --models bert-base --world-sizes 4 --seqs 128,512
-    mpiexec -n 4 python -m bench.comm --models bert-base        # + measured at P=4 (one forward each)
+    mpiexec -n 4 python -m bench.comm --models bert-base        # + measured at P=2 and 4 (one forward each)
 
 For each strategy, model preset, P and seq: payload and bus bytes, messages
 (per op and total) from each strategy's `expected_traffic` formulas, the
@@ -11,11 +11,11 @@ ratio of its bus bytes to TP's, and the weights each rank would hold.
 The analytic numbers need no MPI ranks and no memory: every strategy is built
 once per rank index on "meta" weights (shapes without storage) over a stand-in
 communicator that only knows its rank and size; a strategy that needs a real
-communicator while being built is reported as such. When the job's world size
-equals P (and --measure is not 'never'), every strategy is also run for real
-(--iters forwards, seeded weights) and the counted bytes/messages are recorded
-next to the formulas, with the bytes on the wire when the network layer
-reports interface counters.
+communicator while being built is reported as such. When the job has at
+least P ranks (and --measure is not 'never'), every strategy is also run for
+real on the first P ranks (--iters forwards, seeded weights; the other ranks
+wait) and the counted bytes/messages are recorded next to the formulas, with
+the bytes on the wire when the network layer reports interface counters.
 """
 
 from __future__ import annotations
@@ -124,9 +124,10 @@ def main(argv=None) -> None:
                              strict=False)
             grid.extend((m, P, seq, plans) for seq in args.seqs)
     session.plan(len(grid))
-    measuring = args.measure == "auto" and session.size in args.world_sizes and session.size > 1
+    measuring = args.measure == "auto" and session.size > 1
     if args.measure == "auto" and not measuring:
-        session.say(f"formulas only (to also measure at P, launch with mpiexec -n P; here {session.size} rank(s))")
+        session.say("formulas only (to also measure, launch with mpiexec -n P: every P <= the launched ranks "
+                    "is measured)")
     rows, summary = [], []
     with H.interrupt_note(session):
         for m, P, seq, plans in grid:
@@ -139,8 +140,13 @@ def main(argv=None) -> None:
                     a, why = None, str(err)
                 results.append((plan, cfg, a, why))
             measured = {}
-            if measuring and P == session.size:
-                measured = measure_all(session, args, m, seq, plans)
+            if measuring and P <= session.size:
+                # The first P ranks measure on a sub-communicator; the others wait without spinning.
+                sub = session.comm.split(0 if session.rank < P else None, key=session.rank)
+                if sub is not None:
+                    measured = measure_all(session, sub, args, m, seq, plans)
+                    sub.mpi.Free()
+                H.idle_barrier(session.comm)
             tp_bus = next((a["bus"]["total"] for plan, _, a, _ in results if plan.name == "tp" and a), None)
             for plan, cfg, a, why in results:
                 got = measured.get(plan.label)
@@ -184,8 +190,8 @@ HEADERS = ["model", "P", "seq", "strategy", "payload", "bus", "msgs", "vs TP", "
            "wire", "weights/rank"]
 
 
-def measure_all(session, args, m, seq, plans) -> dict:
-    """Run every plan for real on the world communicator; label -> measured traffic."""
+def measure_all(session, comm, args, m, seq, plans) -> dict:
+    """Run every plan for real on `comm` (P ranks); label -> measured traffic."""
     out = {}
     ids, mask = H.make_inputs(m.original, args.batch, seq, args.seed)
     for decoupled in (False, True):
@@ -194,15 +200,15 @@ def measure_all(session, args, m, seq, plans) -> dict:
             continue
         cfg = m.config(decoupled)
         weights = m.weights(decoupled)
-        ref = H.serial_reference(session, cfg, weights, ids, mask, 0, 1, time_it=False)
+        ref = H.serial_reference(session, cfg, weights, ids, mask, 0, 1, time_it=False, comm=comm)
         for plan in group:
-            strategy = H.prepare(plan, cfg, weights, session.comm, ids, mask, strict=False, say=session.say)
+            strategy = H.prepare(plan, cfg, weights, comm, ids, mask, strict=False, say=session.say)
             if strategy is None:
                 continue
-            timing = H.measure(strategy, session.comm, ids, mask, args.warmup, args.iters, session.iface)
-            t = H.traffic(session.comm, timing.counters, args.iters)
+            timing = H.measure(strategy, comm, ids, mask, args.warmup, args.iters, session.iface)
+            t = H.traffic(comm, timing.counters, args.iters)
             t["wire"] = max(timing.wire["tx"]) if timing.wire else None
-            t["max_abs_err"] = H.max_abs_err(session.comm, timing.output, ref.output)
+            t["max_abs_err"] = H.max_abs_err(comm, timing.output, ref.output)
             out[plan.label] = t
             del strategy, timing
             gc.collect()

@@ -148,9 +148,12 @@ def test_comm_analytic_without_mpi_and_measured(tmp_path):
     tp = [x for x in recs if x["strategy"] == "tp"]
     assert all(x["bus_ratio_to_tp"] == 1.0 for x in tp)
     out2 = tmp_path / "c2.jsonl"
-    r = run(["bench.comm", "--models", "tiny", "--world-sizes", "2", "--seqs", "16", "--out", str(out2)])
+    # 4 ranks measure P=2 on a sub-communicator (ranks 2, 3 wait) and P=4 on all of them.
+    r = run(["bench.comm", "--models", "tiny", "--world-sizes", "2,4", "--seqs", "16", "--out", str(out2)], n=4)
     assert r.returncode == 0, r.stderr
-    for rec in read_records(out2):
+    recs = read_records(out2)
+    assert {x["world_size"] for x in recs} == {2, 4}
+    for rec in recs:
         assert rec["measured"], rec["label"]
         assert rec["bus_bytes_per_rank"]["total"] == rec["expected_bus_bytes_per_rank"]["total"]
         assert rec["max_abs_err"] <= 1e-4
