@@ -200,3 +200,18 @@ def test_ctrl_c_keeps_finished_records(tmp_path):
     assert proc.returncode != 0
     assert len(recs) >= 1 and recs[0]["strategy"] == "dp"  # finished records intact
     assert "interrupted" in err and "Traceback" not in err
+
+
+def test_kernels_benchmark_records_ratio_and_refuses_bad_input(tmp_path):
+    out = tmp_path / "k.jsonl"
+    r = run(["bench.kernels", "--models", "tiny", "--seq", "16", "--threads", "1", "--warmup", "1", "--iters", "2",
+             "--no-hf", "--out", str(out)], n=None)
+    assert r.returncode == 0, r.stderr
+    (rec,) = read_records(out)
+    assert rec["bench"] == "kernels" and rec["model"] == "tiny" and rec["threads"] == 1
+    assert rec["ratio_ours_vs_torch"] > 0 and rec["gflops_per_s"]["ours"] > 0 and "ours/torch" in r.stdout
+    for bad, message in ((["--models", "nope"], "unknown model preset"), (["--iters", "0"], "--iters"),
+                         (["--models", "tiny"], "exceeds the max positions")):
+        r = run(["bench.kernels", *bad], n=None)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
