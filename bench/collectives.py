@@ -18,7 +18,9 @@ what the wait costs under a CPU quota.
 
 `--bench overhead`: the communicator's bookkeeping on a 1 KiB float32 allreduce, median of
 >= 1000 calls each, interleaved in blocks: raw mpi4py on a pre-made numpy view, raw mpi4py
-given the torch tensor (DLPack), ours in spin mode and ours in sleep mode.
+given the torch tensor (DLPack), ours with the counting switched off (the cost of turning a
+tensor into an MPI buffer and of the call), ours in spin mode and ours in sleep mode. The
+recording share is (spin - counting off) / spin: what the counters and clocks cost per call.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # gloo warns it cannot re
 import torch  # noqa: E402
 from mpi4py import MPI
 
-from bench import network as N
+from bench import cli, network as N
+from bench.harness import ArgumentParser
+from bench.records import append_jsonl
 from parallelism.comm import Communicator, UsageError, main_guard
 
 OPS = ("allreduce", "allgather", "sendrecv")
@@ -46,14 +50,15 @@ IMPLS = ("ours", "gloo")
 
 
 def parse_sizes(text: str) -> list[int]:
+    """'64k,1m' -> [65536, 1048576] (argparse type: its errors become one-line UsageErrors)."""
     sizes = []
     for part in text.split(","):
         match = re.fullmatch(r"(\d+)([kmg]?)(i?b)?", part.strip().lower())
         if not match:
-            raise UsageError(f"invalid size {part!r}: expected e.g. 64k, 1m, 4096")
+            raise argparse.ArgumentTypeError(f"invalid size {part!r}: expected e.g. 64k, 1m, 4096")
         size = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
         if size < 4 or size % 4 or size > 1024**3:
-            raise UsageError(f"invalid size {part!r}: a multiple of 4 bytes (float32), at most 1g")
+            raise argparse.ArgumentTypeError(f"invalid size {part!r}: a multiple of 4 bytes (float32), at most 1g")
         sizes.append(size)
     return sizes
 
@@ -175,13 +180,7 @@ def time_runner(runner: Runner, iters: int, iface: str | None) -> tuple[float, f
 
 def bench_collectives(args, comm: Communicator) -> None:
     from tabulate import tabulate
-    sizes, ops = parse_sizes(args.sizes), [o.strip() for o in args.ops.split(",")]
-    bad = [o for o in ops if o not in OPS]
-    if bad:
-        raise UsageError(f"unknown op {bad[0]!r}: choose among {', '.join(OPS)}")
-    impls = [i.strip() for i in args.impls.split(",")]
-    if any(i not in IMPLS for i in impls):
-        raise UsageError(f"unknown implementation in {args.impls!r}: choose among {', '.join(IMPLS)}")
+    sizes, ops, impls = args.sizes, list(args.ops), list(args.impls)
     if comm.size < 2:
         ops = [o for o in ops if o != "sendrecv"]
     iface = N.wire_iface()
@@ -238,13 +237,14 @@ def bench_collectives(args, comm: Communicator) -> None:
                 mine = [r for r in records if r["op"] == op and r["bytes"] == n]
                 ours = next((r for r in mine if r["impl"] == "ours"), None)
                 gloo = next((r for r in mine if r["impl"] == "gloo"), None)
-                rows.append([op, format_size(n), f"{bound * 1e3:.2f}" if bound else "-"]
-                            + [f"{r['seconds'] * 1e3:.2f}" if r else "-" for r in (ours, gloo)]
+                rows.append([op, format_size(n), f"{bound * 1e3:.3g}" if bound else "-"]
+                            + [f"{r['seconds'] * 1e3:.3g}" if r else "-" for r in (ours, gloo)]
                             + [f"{r['efficiency']:.2f}" if r and r["efficiency"] else "-" for r in (ours, gloo)]
                             + [f"{ours['seconds'] / gloo['seconds']:.2f}" if ours and gloo else "-",
                                f"{ours['wire_over_bus']:.3f}" if ours and ours["wire_over_bus"] else "-"]
                             + [f"{r['cpu_cores']:.2f}" if r else "-" for r in (ours, gloo)]
                             + [(ours or gloo)["iters"]])
+                write_jsonl(args.jsonl, mine)   # each point kept as soon as it is measured
                 print(f"  {op} {format_size(n)}: done", file=sys.stderr, flush=True)
     if comm.rank == 0:
         print(f"{comm.size} ranks on {len(set(hosts))} hosts, link {N.format_rate(rate_bit) if rate_bit else 'unshaped'}"
@@ -253,34 +253,41 @@ def bench_collectives(args, comm: Communicator) -> None:
         print(tabulate(rows, headers=["op", "size/rank", "bound ms", "ours ms", "gloo ms", "ours eff",
                                       "gloo eff", "ours/gloo", "wire/bus", "ours cpu", "gloo cpu",
                                       "iters"]))
-        write_jsonl(args.jsonl, records)
     if dist is not None:
         dist.destroy_process_group()
 
 
 def write_jsonl(path: str | None, records: list[dict]) -> None:
+    """Each record one atomic line (bench.records.append_jsonl), or JSON lines on stdout for '-'."""
     if not path:
         return
-    if path == "-":
-        for record in records:
+    for record in records:
+        if path == "-":
             print(json.dumps(record))
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
+        else:
+            append_jsonl(path, record)
+
+
+class _Uncounted(Communicator):
+    """Our communicator with the recording removed (still one no-op call, so this slightly
+    overstates the buffer path and understates the recording)."""
+
+    def _count(self, op, payload, bus, start):
+        return None
 
 
 def bench_overhead(args, comm: Communicator) -> None:
     from tabulate import tabulate
     mpi = comm.mpi
     ours_spin = Communicator(mpi, wait="spin")
+    ours_uncounted = _Uncounted(mpi, wait="spin")
     ours_sleep = Communicator(mpi, wait="sleep")
     tensor = torch.zeros(256)                 # 1 KiB float32
     view = tensor.numpy()
     variants = {
         "raw mpi4py, numpy view": lambda: mpi.Allreduce(MPI.IN_PLACE, view, MPI.SUM),
         "raw mpi4py, torch tensor (DLPack)": lambda: mpi.Allreduce(MPI.IN_PLACE, tensor, MPI.SUM),
+        "ours, counting off (spin)": lambda: ours_uncounted.allreduce(tensor),
         "ours, wait=spin": lambda: ours_spin.allreduce(tensor),
         "ours, wait=sleep": lambda: ours_sleep.allreduce(tensor),
     }
@@ -310,29 +317,46 @@ def bench_overhead(args, comm: Communicator) -> None:
             rows.append([name, f"{worst * 1e6:.2f}", f"{worst / ref:.3f}", len(samples[name])])
             records.append({"bench": "overhead", "variant": name, "median_s": worst, "ratio_to_raw_numpy": worst / ref,
                             "calls": len(samples[name]), "ranks": comm.size, "bytes": 1024})
+        spin = max(m["ours, wait=spin"] for m in all_medians)
+        uncounted = max(m["ours, counting off (spin)"] for m in all_medians)
+        share = (spin - uncounted) / spin
+        records.append({"bench": "overhead", "variant": "recording share", "share": share,
+                        "recording_s": spin - uncounted, "ranks": comm.size, "bytes": 1024})
         print(f"1 KiB float32 allreduce, {comm.size} ranks, median per call (max over ranks)")
         print(tabulate(rows, headers=["variant", "median us", "/ raw numpy", "calls"]))
+        print(f"recording (counters + clocks): {(spin - uncounted) * 1e6:.2f} us per call, "
+              f"{share:.1%} of ours (spin)")
         write_jsonl(args.jsonl, records)
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.collectives", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(prog="python -m bench.collectives", description=__doc__)
     parser.add_argument("--bench", choices=("collectives", "overhead"), default="collectives")
-    parser.add_argument("--sizes", default="64k,256k,1m,4m", help="bytes per rank (default %(default)s)")
-    parser.add_argument("--ops", default=",".join(OPS), help="default %(default)s")
-    parser.add_argument("--impls", default="ours,gloo", help="default %(default)s")
-    parser.add_argument("--iters", type=int, default=0, help="timed iterations (default: from --budget-s)")
+    parser.add_argument("--sizes", type=parse_sizes, default="64k,256k,1m,4m",
+                        help="bytes per rank (default %(default)s)")
+    parser.add_argument("--ops", type=cli.name_list, default=list(OPS), help=f"default {','.join(OPS)}")
+    parser.add_argument("--impls", type=cli.name_list, default=list(IMPLS), help=f"default {','.join(IMPLS)}")
+    parser.add_argument("--iters", type=cli.nonneg_int, default=0, help="timed iterations (default: from --budget-s)")
     parser.add_argument("--budget-s", type=float, default=1.0, help="target seconds per op, size and impl")
-    parser.add_argument("--min-iters", type=int, default=3)
-    parser.add_argument("--max-iters", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of ours/gloo per point")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--overhead-iters", type=int, default=2000, help="calls per variant (>= 1000)")
+    parser.add_argument("--min-iters", type=cli.positive_int, default=3)
+    parser.add_argument("--max-iters", type=cli.positive_int, default=200)
+    parser.add_argument("--rounds", type=cli.positive_int, default=3, help="interleaved rounds of ours/gloo per point")
+    parser.add_argument("--warmup", type=cli.nonneg_int, default=1)
+    parser.add_argument("--overhead-iters", type=cli.positive_int, default=2000, help="calls per variant (>= 1000)")
     parser.add_argument("--jsonl", help="append one JSON record per point to this file ('-' for stdout)")
     args = parser.parse_args(argv)
     if args.bench == "overhead" and args.overhead_iters < 1000:
         raise UsageError("--overhead-iters must be >= 1000")
+    bad = [o for o in args.ops if o not in OPS]
+    if bad:
+        raise UsageError(f"unknown op {bad[0]!r}: choose among {', '.join(OPS)}")
+    bad = [i for i in args.impls if i not in IMPLS]
+    if bad:
+        raise UsageError(f"unknown implementation {bad[0]!r}: choose among {', '.join(IMPLS)}")
+    if not args.budget_s > 0:
+        raise UsageError(f"--budget-s must be > 0, got {args.budget_s}")
+    if args.min_iters > args.max_iters:
+        raise UsageError(f"--min-iters {args.min_iters} exceeds --max-iters {args.max_iters}")
     torch.set_num_threads(1)
     comm = Communicator()
     if args.bench == "overhead":

@@ -215,3 +215,39 @@ def test_kernels_benchmark_records_ratio_and_refuses_bad_input(tmp_path):
         r = run(["bench.kernels", *bad], n=None)
         assert r.returncode == 2 and r.stderr.startswith("error: ") and message in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_collectives_against_gloo_records_every_point(tmp_path):
+    out = tmp_path / "c.jsonl"
+    r = run(["bench.collectives", "--sizes", "4k,64k", "--iters", "3", "--jsonl", str(out)])
+    assert r.returncode == 0, r.stderr
+    recs = read_records(out)
+    assert {(x["op"], x["bytes"], x["impl"]) for x in recs} == {
+        (op, n, impl) for op in ("allreduce", "allgather", "sendrecv") for n in (4096, 65536) for impl in ("ours", "gloo")}
+    allreduce = next(x for x in recs if x["op"] == "allreduce" and x["bytes"] == 4096)
+    assert allreduce["bus_bytes"] == 4096 and allreduce["seconds"] > 0   # 2(P-1)/P x n at P=2
+    assert "ours/gloo" in r.stdout
+
+
+def test_collectives_overhead_reports_recording_share(tmp_path):
+    out = tmp_path / "o.jsonl"
+    r = run(["bench.collectives", "--bench", "overhead", "--overhead-iters", "1000", "--jsonl", str(out)])
+    assert r.returncode == 0, r.stderr
+    recs = {x["variant"]: x for x in read_records(out)}
+    assert {"raw mpi4py, numpy view", "ours, counting off (spin)", "ours, wait=spin", "ours, wait=sleep",
+            "recording share"} <= set(recs)
+    assert recs["raw mpi4py, numpy view"]["ratio_to_raw_numpy"] == 1.0 and recs["ours, wait=spin"]["calls"] >= 1000
+    assert "recording (counters + clocks)" in r.stdout
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--sizes", "3"], "invalid size '3'"), (["--ops", "alltoall"], "unknown op 'alltoall'"),
+    (["--impls", "nccl"], "unknown implementation 'nccl'"), (["--rounds", "0"], "--rounds"),
+    (["--bench", "overhead", "--overhead-iters", "999"], "--overhead-iters must be >= 1000")])
+def test_collectives_bad_input_one_line_on_every_rank(tmp_path, bad, message):
+    out = tmp_path / "bad.jsonl"
+    r = run(["bench.collectives", *bad, "--jsonl", str(out)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: ") and message in line for line in lines), r.stderr
+    assert not out.exists()
