@@ -351,7 +351,7 @@ class Timing:
     counters: object                 # this rank's comm.Counters over the timed iterations
     output: object                   # this rank's output of the last forward (None if not held)
     wire: dict | None = None         # {"tx": [...per rank], "rx": [...]} bytes per iteration, or None
-    bare_s: float | None = None      # --compare-bare: seconds per forward of a bare loop (max over ranks)
+    bare_s: float | None = None      # --compare-bare: mean over bare forwards of the slowest rank's time
 
 
 def _comm_seconds(comm: Communicator) -> float:
@@ -365,9 +365,12 @@ def measure(strategy, comm: Communicator, ids, mask, warmup: int, iters: int,
 
     bare=True (--compare-bare) also times the harness's own cost: the timed
     iterations are split into up to 8 blocks, each followed by a block of as
-    many bare forwards (a plain back-to-back loop: no barrier, no bookkeeping),
-    so that drift in machine load hits both alike; bare_s is the slowest
-    rank's mean bare forward time.
+    many bare forwards, so that drift in machine load hits both alike. A bare
+    forward is what a hand-written latency loop does (barrier, clock, forward,
+    clock) without the harness's bookkeeping; bare_s is the mean over those
+    forwards of the slowest rank's time, the same statistic as the harness's.
+    (A barrier-free back-to-back loop would measure something else: pp's
+    stages would overlap consecutive requests, a throughput, not a latency.)
     """
     for _ in range(warmup):
         strategy.forward(ids, mask)
@@ -379,7 +382,7 @@ def measure(strategy, comm: Communicator, ids, mask, warmup: int, iters: int,
         tx0, rx0 = _read_wire(wire_iface)
     blocks = min(8, iters) if bare else 1
     sizes = [iters // blocks + (b < iters % blocks) for b in range(blocks)]
-    bare_total, bare_n, bare_counters = 0.0, 0, []
+    bare_local, bare_counters = [], []
     out = None
     for size in sizes:
         for _ in range(size):
@@ -393,22 +396,20 @@ def measure(strategy, comm: Communicator, ids, mask, warmup: int, iters: int,
         if bare:
             # Keep the bare forwards out of the counters and the wire bytes of the timed ones.
             bare_counters.append(comm.reset())
-            sync(comm)
-            t0 = perf_counter()
             for _ in range(size):
+                sync(comm)
+                t0 = perf_counter()
                 strategy.forward(ids, mask)
-            bare_total += perf_counter() - t0
-            bare_n += size
+                bare_local.append(perf_counter() - t0)
             comm.reset()
-            sync(comm)
     counters = comm.reset() if not bare else _merge_counters(bare_counters)
     wire_local = None
     if wire_iface and tx0 is not None and not bare:
         tx1, rx1 = _read_wire(wire_iface)
         if tx1 is not None:
             wire_local = ((tx1 - tx0) / iters, (rx1 - rx0) / iters)
-    bare_s = comm.max_over_ranks(bare_total / bare_n) if bare else None
-    everyone = comm.allgather_object((local, local_comm, wire_local))
+    everyone = comm.allgather_object((local, local_comm, wire_local, bare_local))
+    bare_s = sum(max(r[3][i] for r in everyone) for i in range(iters)) / iters if bare else None
     latency, compute, comm_slow = [], [], []
     for i in range(iters):
         per_rank = [(r[0][i], r[1][i]) for r in everyone]

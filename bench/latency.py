@@ -33,11 +33,10 @@ payload/bus/messages per rank by op, expected_*, weights_bytes_per_rank, serial_
 speedup_vs_serial, max_abs_err, wire_bytes_per_rank, network, rate, env ...).
 
 --compare-bare measures the harness's own overhead: the timed iterations are split into
-up to 8 blocks, each followed by as many forwards in a bare back-to-back loop (no barrier,
-no bookkeeping), so load drift hits both alike; the record gets bare_latency_s (slowest
-rank's mean) and harness_overhead_ratio = latency_s.mean / bare_latency_s (target <= 1.02).
-For pp and dp a bare loop lets consecutive forwards overlap, which the per-forward
-barrier forbids: their ratio above 1 is that overlap, not harness cost."""
+up to 8 blocks, each followed by as many forwards of a bare hand-written loop (barrier,
+clock, forward, clock; no bookkeeping), so load drift hits both alike; the record gets
+bare_latency_s (mean of the slowest rank's time per forward, as for latency_s) and
+harness_overhead_ratio = latency_s.mean / bare_latency_s (target <= 1.02)."""
 
 
 def make_parser():

@@ -408,10 +408,10 @@ def write_report(recs, out_dir: Path, name: str, title: str | None, sources, pee
                "same model measured in the same job (bp: the decoupled model); `max_abs_err` is against "
                "that serial output; `vs original serial` compares with the original (not decoupled) "
                "model's serial forward. `harness/bare` (only with `--compare-bare`) is the harness's mean "
-               "latency over a bare back-to-back loop of the same forward, timed in interleaved blocks: "
-               "it includes the harness's bookkeeping and the barrier before each forward, so for "
-               "strategies whose consecutive forwards can overlap without a barrier (pp, dp) it is above 1 "
-               "by that overlap, not by harness cost.", ""]
+               "latency over that of a bare hand-written loop of the same forward (barrier, clock, "
+               "forward, clock; no bookkeeping), timed in interleaved blocks: the harness's own cost "
+               "(records written by an older version timed the bare loop without barriers, so pp's "
+               "and dp's ratio also held the overlap of consecutive forwards).", ""]
         for (model, batch, seq, P, rate), rs in group(lat, "model", "batch", "seq", "world_size", "rate").items():
             rs = sorted(rs, key=lambda r: order([label(x) for x in rs]).index(label(r)))
             serial = rs[0].get("serial_latency_s") or {}
