@@ -5,6 +5,7 @@ initialises MPI, and a singleton MPI parent confuses the mpiexec it launches).""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -60,10 +61,22 @@ def name_list(text: str) -> list[str]:
     return values
 
 
+def stdout_gone() -> int:
+    """The reader of stdout went away (`... | head`): print nothing more, no traceback
+    (also not at interpreter exit, when Python flushes stdout again); exit 141 as a shell
+    reports SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
+
+
 def guard(main, argv=None) -> None:
     """Run a non-MPI tool: CliError -> one line on stderr, exit 2; Ctrl-C -> exit 130."""
     try:
         code = main(argv)
+        sys.stdout.flush()   # here, not at exit, so that a closed stdout lands below
+    except BrokenPipeError:
+        code = stdout_gone()
     except CliError as err:
         sys.stderr.write(f"error: {err}\n")  # one write: one line even when streams are merged
         sys.stderr.flush()

@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import network as N
+from bench import cli, network as N
 
 STATE_ROOT = Path(os.environ.get("DETR_CLUSTER_STATE", "/run/detr-cluster"))
 DEFAULT_NAME = "detr"
@@ -729,8 +729,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         N.validate_cluster_name(args.name)
-        return {"up": cmd_up, "down": cmd_down, "shape": cmd_shape, "status": cmd_status,
+        code = {"up": cmd_up, "down": cmd_down, "shape": cmd_shape, "status": cmd_status,
                 "run": cmd_run, "exec": cmd_exec}[args.cmd](args)
+        sys.stdout.flush()   # here, not at exit, so that a closed stdout lands below
+        return code
     except (UsageError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -739,6 +741,8 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # `... | head`: the work is done, only its report has no reader
+        return cli.stdout_gone()
 
 
 if __name__ == "__main__":

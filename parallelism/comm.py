@@ -384,12 +384,20 @@ def main_guard(main) -> None:
     rank = MPI.COMM_WORLD.Get_rank()
     try:
         main()
+        sys.stdout.flush()   # here, not at exit, so that a closed stdout lands below
     except UsageError as err:
         _say(f"error: {err}")
         sys.exit(2)
     except KeyboardInterrupt:
         _say(f"rank {rank}: interrupted; finished records are kept")
         MPI.COMM_WORLD.Abort(130)
+    except BrokenPipeError:
+        # `... | head`: the reader of stdout left. No traceback, no more output (also not
+        # when Python flushes stdout at exit); the other ranks must not wait for this one.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if MPI.COMM_WORLD.Get_size() > 1:
+            MPI.COMM_WORLD.Abort(141)
+        sys.exit(141)
     except SystemExit:
         raise
     except BaseException as err:  # noqa: BLE001 - anything else must take the job down

@@ -251,3 +251,15 @@ def test_collectives_bad_input_one_line_on_every_rank(tmp_path, bad, message):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith("error: ") and message in line for line in lines), r.stderr
     assert not out.exists()
+
+
+def test_closed_stdout_ends_quietly():
+    """`python -m bench.comm | head`: exit 141 as a shell reports SIGPIPE, no traceback.
+    (Under mpiexec the launcher, not the rank, owns the terminal's stdout.)"""
+    cmd = [sys.executable, "-m", "bench.comm", "--models", "tiny", "--seqs", "16"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
