@@ -1,8 +1,10 @@
 """Serial kernel benchmark: our reference forward against torch's and Hugging Face's BERT.
 
-For each model and thread count the three implementations run interleaved
-(ours, peer, ours, peer...) so that noise on this shared machine hits all of
-them alike; the ratio ours/peer is the figure, not the absolute time.
+For each model and thread count the three implementations run interleaved, one
+forward each per round, the first of the round rotating, so that noise on this
+shared machine hits all of them alike. The ratio ours/peer is the figure, not
+the absolute time: the median over rounds of ours/peer within the round (paired,
+so that load drifting between rounds cancels).
 
     python -m bench.kernels                          # bert-base, bert-large, minilm-l6; 1 and 2 threads
     python -m bench.kernels --models minilm-l6 --threads 1 --iters 20
@@ -10,6 +12,7 @@ them alike; the ratio ours/peer is the figure, not the absolute time.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 
@@ -52,13 +55,21 @@ def hugging_face_peer(cfg: K.ModelConfig):
     return forward
 
 
+def paired_ratio(ours: list[float], peer: list[float]) -> float:
+    """Median over rounds of ours/peer measured in the same round."""
+    return statistics.median(a / b for a, b in zip(ours, peer))
+
+
 def time_interleaved(impls: dict, ids, mask, warmup: int, iters: int) -> dict[str, list[float]]:
     for _ in range(warmup):
         for forward in impls.values():
             forward(ids, mask)
     times = {name: [] for name in impls}
-    for _ in range(iters):
-        for name, forward in impls.items():
+    order = list(impls.items())
+    for i in range(iters):
+        # Rotate who goes first: a forward runs slightly differently after another model's
+        # (caches, allocator), and a fixed order would hand that bias to the same one each time.
+        for name, forward in order[i % len(order):] + order[:i % len(order)]:
             start = time.perf_counter()
             forward(ids, mask)
             times[name].append(time.perf_counter() - start)
@@ -105,8 +116,8 @@ def main(argv=None) -> int:
                 "bench": "kernels", "model": cfg.name, "threads": n_threads, "batch": args.batch, "seq": args.seq,
                 "latency_s": {name: records.stats(ts) for name, ts in times.items()},
                 "gflops_per_s": {n: flops / t / 1e9 for n, t in p50.items()},
-                "ratio_ours_vs_torch": p50["ours"] / p50["torch"],
-                "ratio_ours_vs_hf": p50["ours"] / p50["hf"] if "hf" in p50 else None,
+                "ratio_ours_vs_torch": paired_ratio(times["ours"], times["torch"]),
+                "ratio_ours_vs_hf": paired_ratio(times["ours"], times["hf"]) if "hf" in times else None,
                 "env": records.local_env(),
             }
             rows.append([cfg.name, n_threads, p50["ours"] * 1e3, p50["torch"] * 1e3,
