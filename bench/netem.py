@@ -8,8 +8,8 @@ jitter and loss. Show and clear what is in force.
 
 Under mpirun one process per host acts (the lowest rank of each processor name) and rank 0
 prints one line (or JSON object) per host. --iface defaults to $DETR_IFACE, else the interface
-of the default route. The rate goes on a tbf qdisc (burst 32kb by default, queue of 100 ms at
-the rate, at least 1 MiB); delay/jitter/loss on a netem root qdisc with the tbf under it.
+of the default route. The rate goes on a tbf qdisc (burst 32kb by default, a short queue of
+the burst + 64 KiB, like a NIC's: see bench.network.host_queue_limit); delay/jitter/loss on a netem root qdisc with the tbf under it.
 Where the kernel lacks netem the rate is still applied, and the command says which qdisc is
 missing and what could not be emulated.
 
@@ -89,7 +89,7 @@ def do_set(args) -> dict:
             applied.append("netem " + " ".join(netem[1:]))
             if rate_bit:
                 proc = tc(["qdisc", "add", "dev", args.iface, "parent", "1:1", "handle", "10:",
-                           *N.tbf_args(rate_bit, burst)])
+                           *N.tbf_args(rate_bit, burst, N.host_queue_limit(burst))])
                 if proc.returncode != 0:
                     result.update(exit=EXIT_FAILED, error=f"tc tbf under netem: {last_line(proc)}")
                     return result
@@ -115,7 +115,8 @@ def do_set(args) -> dict:
                                                     if rate_bit else "; nothing applied"))
         result["exit"] = EXIT_PARTIAL
     if rate_bit:
-        proc = tc(["qdisc", "add", "dev", args.iface, "root", "handle", "1:", *N.tbf_args(rate_bit, burst)])
+        proc = tc(["qdisc", "add", "dev", args.iface, "root", "handle", "1:",
+                   *N.tbf_args(rate_bit, burst, N.host_queue_limit(burst))])
         if proc.returncode != 0:
             missing = "unknown" in last_line(proc).lower()
             result.update(exit=EXIT_PARTIAL if missing else EXIT_FAILED,
