@@ -4,7 +4,9 @@ For each model and thread count the three implementations run interleaved, one
 forward each per round, the first of the round rotating, so that noise on this
 shared machine hits all of them alike. The ratio ours/peer is the figure, not
 the absolute time: the median over rounds of ours/peer within the round (paired,
-so that load drifting between rounds cancels).
+so that load drifting between rounds cancels). The peers run on our weight tensors
+themselves (shared memory, not copies) and their outputs are compared with ours
+(`max |peer-ours|`): same function, same data, only the code differs.
 
     python -m bench.kernels                          # bert-base, bert-large, minilm-l6; 1 and 2 threads
     python -m bench.kernels --models minilm-l6 --threads 1 --iters 20
@@ -23,22 +25,60 @@ import kernels as K
 from . import cli, records
 
 
+def torch_encoder_layer(cfg: K.ModelConfig, w: K.LayerWeights) -> torch.nn.TransformerEncoderLayer:
+    """torch's post-LN GELU encoder layer on our layer's weights: the same tensors, not copies.
+
+    Shared memory matters for a fair timing: where 435 MB of weights land alone moved one
+    implementation's forward by up to 5% against another's here (cache and page placement),
+    more than the code differences being measured.
+    """
+    layer = torch.nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.ffn, dropout=0.0, activation="gelu",
+                                             layer_norm_eps=cfg.ln_eps, batch_first=True, norm_first=False).eval()
+    with torch.no_grad():
+        for theirs, ours in ((layer.self_attn.in_proj_weight, w.qkv_weight), (layer.self_attn.in_proj_bias, w.qkv_bias),
+                             (layer.self_attn.out_proj.weight, w.out_weight), (layer.self_attn.out_proj.bias, w.out_bias),
+                             (layer.norm1.weight, w.ln1_weight), (layer.norm1.bias, w.ln1_bias),
+                             (layer.linear1.weight, w.ffn_in_weight), (layer.linear1.bias, w.ffn_in_bias),
+                             (layer.linear2.weight, w.ffn_out_weight), (layer.linear2.bias, w.ffn_out_bias),
+                             (layer.norm2.weight, w.ln2_weight), (layer.norm2.bias, w.ln2_bias)):
+            theirs.set_(ours)
+    return layer
+
+
 def torch_peer(cfg: K.ModelConfig, weights: K.ModelWeights):
-    """The same embeddings followed by nn.TransformerEncoderLayer (post-LN, GELU) stacked L times."""
-    layers = [torch.nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.ffn, dropout=0.0, activation="gelu",
-                                               layer_norm_eps=cfg.ln_eps, batch_first=True).eval()
-              for _ in range(cfg.layers)]
+    """The same embeddings followed by nn.TransformerEncoderLayer (post-LN, GELU) stacked L times,
+    on our weight tensors: the same function on the same memory (its output is compared with ours)."""
+    layers = [torch_encoder_layer(cfg, w) for w in weights.layers]
 
     @torch.inference_mode()
     def forward(ids, mask):
         x = K.embed(ids, weights.embeddings, cfg.ln_eps)
         for layer in layers:
-            x = layer(x)
+            x = layer(x, src_key_padding_mask=None if bool(mask.all()) else mask == 0)
         return x
     return forward
 
 
-def hugging_face_peer(cfg: K.ModelConfig):
+def hugging_face_state_dict(weights: K.ModelWeights) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face BertModel's names (the inverse of kernels.load_checkpoint)."""
+    e = weights.embeddings
+    state = {"embeddings.word_embeddings.weight": e.word, "embeddings.position_embeddings.weight": e.position,
+             "embeddings.token_type_embeddings.weight": e.token_type,
+             "embeddings.LayerNorm.weight": e.ln_weight, "embeddings.LayerNorm.bias": e.ln_bias}
+    for i, w in enumerate(weights.layers):
+        p = f"encoder.layer.{i}."
+        for name, weight, bias in zip(("query", "key", "value"), w.qkv_weight.chunk(3), w.qkv_bias.chunk(3)):
+            state[f"{p}attention.self.{name}.weight"], state[f"{p}attention.self.{name}.bias"] = weight, bias
+        state.update({
+            f"{p}attention.output.dense.weight": w.out_weight, f"{p}attention.output.dense.bias": w.out_bias,
+            f"{p}attention.output.LayerNorm.weight": w.ln1_weight, f"{p}attention.output.LayerNorm.bias": w.ln1_bias,
+            f"{p}intermediate.dense.weight": w.ffn_in_weight, f"{p}intermediate.dense.bias": w.ffn_in_bias,
+            f"{p}output.dense.weight": w.ffn_out_weight, f"{p}output.dense.bias": w.ffn_out_bias,
+            f"{p}output.LayerNorm.weight": w.ln2_weight, f"{p}output.LayerNorm.bias": w.ln2_bias})
+    return state
+
+
+def hugging_face_peer(cfg: K.ModelConfig, weights: K.ModelWeights):
     try:
         import transformers
     except ImportError:
@@ -48,6 +88,10 @@ def hugging_face_peer(cfg: K.ModelConfig):
         num_attention_heads=cfg.heads, intermediate_size=cfg.ffn, max_position_embeddings=cfg.max_positions,
         type_vocab_size=cfg.type_vocab, layer_norm_eps=cfg.ln_eps, attn_implementation="sdpa")
     model = transformers.BertModel(hf_cfg, add_pooling_layer=False).eval()
+    # assign=True: the model takes our tensors themselves (no copy), as the torch peer does.
+    missing, unexpected = model.load_state_dict(hugging_face_state_dict(weights), strict=False, assign=True)
+    if [k for k in missing if not k.endswith("position_ids")] or unexpected:
+        raise RuntimeError(f"Hugging Face peer: missing {missing}, unexpected {unexpected}")
 
     @torch.inference_mode()
     def forward(ids, mask):
@@ -102,12 +146,16 @@ def main(argv=None) -> int:
     for cfg in models:
         weights = K.init_weights(cfg, seed=0)
         impls = {"ours": K.ReferenceModel(cfg, weights).forward, "torch": torch_peer(cfg, weights)}
-        hf = None if args.no_hf else hugging_face_peer(cfg)
+        hf = None if args.no_hf else hugging_face_peer(cfg, weights)
         if hf is not None:
             impls["hf"] = hf
         ids = torch.randint(1, cfg.vocab, (args.batch, args.seq))
         mask = torch.ones_like(ids)
         flops = K.forward_flops(cfg, args.batch, args.seq)
+        # The peers hold our weights: check they compute the same function before timing them.
+        ours_out = impls["ours"](ids, mask)
+        diff = {name: (forward(ids, mask) - ours_out).abs().max().item()
+                for name, forward in impls.items() if name != "ours"}
         for n_threads in args.threads:
             torch.set_num_threads(n_threads)
             times = time_interleaved(impls, ids, mask, args.warmup, args.iters)
@@ -118,18 +166,21 @@ def main(argv=None) -> int:
                 "gflops_per_s": {n: flops / t / 1e9 for n, t in p50.items()},
                 "ratio_ours_vs_torch": paired_ratio(times["ours"], times["torch"]),
                 "ratio_ours_vs_hf": paired_ratio(times["ours"], times["hf"]) if "hf" in times else None,
+                "max_abs_diff_vs_ours": diff,
                 "env": records.local_env(),
             }
             rows.append([cfg.name, n_threads, p50["ours"] * 1e3, p50["torch"] * 1e3,
                          p50["hf"] * 1e3 if "hf" in p50 else None, record["gflops_per_s"]["ours"],
-                         record["ratio_ours_vs_torch"], record["ratio_ours_vs_hf"]])
+                         record["ratio_ours_vs_torch"], record["ratio_ours_vs_hf"],
+                         max(diff.values())])
             print(f"{cfg.name} threads={n_threads}: ours {p50['ours']*1e3:.1f} ms, "
                   f"ours/torch {record['ratio_ours_vs_torch']:.3f}", file=sys.stderr, flush=True)
             if args.out:
                 records.append_jsonl(args.out, record)
         del impls, weights
     print(tabulate(rows, headers=["model", "threads", "ours ms", "torch TEL ms", "HF ms", "ours GFLOP/s",
-                                  "ours/torch", "ours/HF"], floatfmt=".3f", missingval="-"))
+                                  "ours/torch", "ours/HF", "max |peer-ours|"],
+                   floatfmt=[".3f"] * 8 + [".1e"], missingval="-"))
     return 0
 
 

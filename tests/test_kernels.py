@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels as K
+from bench.kernels import hugging_face_state_dict, torch_encoder_layer
 from conftest import padded_batch, tokenize
 
 
@@ -53,21 +54,7 @@ def test_original_layer_matches_naive_implementation(tiny):
 def test_original_layer_matches_torch_transformer_encoder_layer(tiny):
     cfg, weights = tiny
     w = weights.layers[0]
-    ref = torch.nn.TransformerEncoderLayer(cfg.hidden, cfg.heads, cfg.ffn, dropout=0.0, activation="gelu",
-                                           layer_norm_eps=cfg.ln_eps, batch_first=True, norm_first=False).eval()
-    with torch.no_grad():
-        ref.self_attn.in_proj_weight.copy_(w.qkv_weight)
-        ref.self_attn.in_proj_bias.copy_(w.qkv_bias)
-        ref.self_attn.out_proj.weight.copy_(w.out_weight)
-        ref.self_attn.out_proj.bias.copy_(w.out_bias)
-        ref.norm1.weight.copy_(w.ln1_weight)
-        ref.norm1.bias.copy_(w.ln1_bias)
-        ref.linear1.weight.copy_(w.ffn_in_weight)
-        ref.linear1.bias.copy_(w.ffn_in_bias)
-        ref.linear2.weight.copy_(w.ffn_out_weight)
-        ref.linear2.bias.copy_(w.ffn_out_bias)
-        ref.norm2.weight.copy_(w.ln2_weight)
-        ref.norm2.bias.copy_(w.ln2_bias)
+    ref = torch_encoder_layer(cfg, w)   # torch's layer on our weight tensors (bench.kernels' peer)
     ids, mask = padded_batch(cfg.vocab, batch=3, seq=12)
     x = K.embed(ids, weights.embeddings, cfg.ln_eps)
     ours = K.layer_forward(x, w, K.additive_mask(mask), cfg.heads, cfg.ln_eps)
@@ -102,6 +89,17 @@ def test_checkpoint_with_bert_prefix_and_bin_format(minilm_dir, tmp_path):
     _, prefixed = K.load_checkpoint(tmp_path)
     _, plain = K.load_checkpoint(minilm_dir)
     assert torch.equal(prefixed.layers[3].qkv_weight, plain.layers[3].qkv_weight)
+
+
+def test_hugging_face_names_round_trip(minilm_dir):
+    """bench.kernels hands our weights to its Hugging Face peer under HF's names: the inverse of loading."""
+    from safetensors.torch import load_file
+    original = load_file(str(minilm_dir / "model.safetensors"))
+    _, weights = K.load_checkpoint(minilm_dir)
+    back = hugging_face_state_dict(weights)
+    assert set(back) <= set(original) and len(back) == len(weights.layers) * 16 + 5
+    for key, tensor in back.items():
+        assert torch.equal(tensor, original[key].float()), key
 
 
 def test_checkpoint_refused_for_decoupled_config(minilm_dir):
