@@ -237,7 +237,7 @@ def cgroup_pids(path: Path) -> list[int]:
 def shape_link(state: dict, i: int, rate_bit: int, burst: int) -> None:
     """Both directions of host i's link: its own egress on eth0 and the bridge port's egress."""
     switch_port = ["root", "handle", "1:", *N.tbf_args(rate_bit, burst, N.switch_queue_limit(rate_bit, burst))]
-    host_egress = ["root", "handle", "1:", *N.tbf_args(rate_bit, burst, N.host_queue_limit(burst))]
+    host_egress = ["root", "handle", "1:", *N.tbf_args(rate_bit, burst, N.host_queue_limit(rate_bit, burst))]
     run_cmd(["tc", "qdisc", "replace", "dev", state["veth"][i], *switch_port])
     run_cmd(["tc", "-n", state["netns"][i], "qdisc", "replace", "dev", NS_IFACE, *host_egress])
 

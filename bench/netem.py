@@ -8,8 +8,9 @@ jitter and loss. Show and clear what is in force.
 
 Under mpirun one process per host acts (the lowest rank of each processor name) and rank 0
 prints one line (or JSON object) per host. --iface defaults to $DETR_IFACE, else the interface
-of the default route. The rate goes on a tbf qdisc (burst 32kb by default, a short queue of
-the burst + 64 KiB, like a NIC's: see bench.network.host_queue_limit); delay/jitter/loss on a netem root qdisc with the tbf under it.
+of the default route. The rate goes on a tbf qdisc (burst 32kb by default; a short queue,
+the burst + 10 ms at the rate within 16-64 KiB, like a NIC's: bench.network.host_queue_limit);
+delay/jitter/loss on a netem root qdisc with the tbf under it.
 Where the kernel lacks netem the rate is still applied, and the command says which qdisc is
 missing and what could not be emulated.
 
@@ -89,7 +90,7 @@ def do_set(args) -> dict:
             applied.append("netem " + " ".join(netem[1:]))
             if rate_bit:
                 proc = tc(["qdisc", "add", "dev", args.iface, "parent", "1:1", "handle", "10:",
-                           *N.tbf_args(rate_bit, burst, N.host_queue_limit(burst))])
+                           *N.tbf_args(rate_bit, burst, N.host_queue_limit(rate_bit, burst))])
                 if proc.returncode != 0:
                     result.update(exit=EXIT_FAILED, error=f"tc tbf under netem: {last_line(proc)}")
                     return result
@@ -116,7 +117,7 @@ def do_set(args) -> dict:
         result["exit"] = EXIT_PARTIAL
     if rate_bit:
         proc = tc(["qdisc", "add", "dev", args.iface, "root", "handle", "1:",
-                   *N.tbf_args(rate_bit, burst, N.host_queue_limit(burst))])
+                   *N.tbf_args(rate_bit, burst, N.host_queue_limit(rate_bit, burst))])
         if proc.returncode != 0:
             missing = "unknown" in last_line(proc).lower()
             result.update(exit=EXIT_PARTIAL if missing else EXIT_FAILED,

@@ -104,3 +104,12 @@ def test_describe_loopback():
         pytest.skip("tc not available")
     assert got["iface"] == "lo" and "rate_bit" in got and "netem_available" in got
     assert N.describe_network("nosuchif0") is None
+
+
+def test_queue_limits_short_at_the_host_deep_at_the_switch():
+    burst = 32768
+    assert N.host_queue_limit(10_000_000, burst) == burst + 16384          # one GSO packet at least
+    assert N.host_queue_limit(50_000_000, burst) == burst + 62500          # 10 ms at the rate
+    assert N.host_queue_limit(1_000_000_000, burst) == burst + 65536       # at most 64 KiB
+    assert N.switch_queue_limit(10_000_000, burst) == (1 << 20) + burst    # 100 ms, at least 1 MiB
+    assert N.switch_queue_limit(1_000_000_000, burst) == 12_500_000 + burst
