@@ -52,9 +52,10 @@ def torch_peer(cfg: K.ModelConfig, weights: K.ModelWeights):
 
     @torch.inference_mode()
     def forward(ids, mask):
+        padding = None if bool(mask.all()) else mask == 0
         x = K.embed(ids, weights.embeddings, cfg.ln_eps)
         for layer in layers:
-            x = layer(x, src_key_padding_mask=None if bool(mask.all()) else mask == 0)
+            x = layer(x, src_key_padding_mask=padding)
         return x
     return forward
 

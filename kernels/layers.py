@@ -132,8 +132,8 @@ def ffn(x: torch.Tensor, in_weight: torch.Tensor, in_bias: torch.Tensor,
     """GELU(x W1 + b1) W2 (+ b2). With a column shard of W1/b1 and the matching
     rows of W2, and `out_bias=None`, the result is this shard's partial sum."""
     hidden = F.linear(x, in_weight, in_bias)
-    # In place: a fresh (tokens x f) tensor for GELU's output cost ~1 ms per bert-base layer
-    # on 1 thread here (page faults on a new allocation), ~5% of the layer.
+    # In place: GELU into a fresh (tokens x f) tensor took 0.71 ms per bert-base layer on
+    # 1 thread here, in place 0.21 ms (torch profiler), ~3% of a 17 ms layer.
     torch.ops.aten.gelu_(hidden)
     return F.linear(hidden, out_weight, out_bias)
 
