@@ -1,6 +1,7 @@
 """One transformer kernel layer (original BERT and decoupled), pure torch, no MPI."""
 
-from .config import PRESETS, ConfigError, ModelConfig, forward_flops, layer_flops, preset
+from .config import (FP32, PRESETS, ConfigError, ModelConfig, embedding_params, forward_flops, layer_flops,
+                     layer_gemms, layer_index_params, layer_params, model_params, preset)
 from .layers import (EmbeddingWeights, LayerWeights, additive_mask, attention, attention_residual,
                      embed, ffn, ffn_residual, layer_forward, layer_norm, project_qkv)
 from .model import ReferenceModel, decoupled_layer_forward
@@ -8,7 +9,9 @@ from .weights import (ModelWeights, config_from_checkpoint, init_embeddings, ini
                       init_sub_block, init_weights, load_checkpoint)
 
 __all__ = [
-    "PRESETS", "ConfigError", "ModelConfig", "forward_flops", "layer_flops", "preset",
+    "FP32", "PRESETS", "ConfigError", "ModelConfig", "embedding_params", "forward_flops", "layer_flops",
+    "layer_gemms", "layer_index_params", "layer_params", "model_params",
+    "preset",
     "EmbeddingWeights", "LayerWeights", "additive_mask", "attention", "attention_residual", "embed",
     "ffn", "ffn_residual", "layer_forward", "layer_norm", "project_qkv",
     "ReferenceModel", "decoupled_layer_forward",

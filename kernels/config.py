@@ -1,6 +1,6 @@
 """Model shapes: one frozen dataclass, its presets and the arithmetic on it.
 
-`n_blocks` (N_b) and `n_div` (N_div) describe the decoupled model of DESIGN.md:
+`n_blocks` (N_b) and `n_div` (N_div) describe the decoupled model of docs/DESIGN.md:
 the `layers` form `n_blocks` blocks; in each block every layer but the last is
 a decoupled layer of `n_div` independent sub-blocks, the last is an original
 BERT layer. `n_blocks == layers` is the original model.
@@ -108,18 +108,66 @@ def preset(name: str, **overrides) -> ModelConfig:
 
 
 # -- arithmetic ------------------------------------------------------------------
+# Pure functions of the shapes: the strategies' FLOP and weight counts and the planner's
+# cost model are built from these, never from a second copy of the formulas.
+FP32 = 4  # bytes per weight and per activation value
+
+
+def layer_gemms(cfg: ModelConfig, batch: int, queries: int, keys: int, width: int,
+                heads: int | None = None, ffn: int | None = None) -> dict[str, int]:
+    """FLOPs (2 per multiply-add) of one layer's matmuls, by kernel.
+
+    `width` is the layer's input/output width (h for an original layer, h/N_div for a
+    decoupled sub-block); `heads` and `ffn` the heads and FFN columns it computes (a
+    tensor-parallel shard has fewer); `queries` the tokens it computes, `keys` the
+    tokens they attend to (sequence parallelism: its own tokens against all).
+    """
+    heads = cfg.heads if heads is None else heads
+    ffn = cfg.ffn if ffn is None else ffn
+    t, inner = batch * queries, heads * cfg.head_dim
+    return {"qkv": 2 * t * width * 3 * inner,
+            "attention": 2 * 2 * batch * queries * keys * inner,  # scores and context
+            "out": 2 * t * inner * width,
+            "ffn": 2 * 2 * t * width * ffn}
+
+
 def layer_flops(cfg: ModelConfig, batch: int, seq: int, decoupled: bool) -> int:
-    """Multiply-add FLOPs (2 per MAC) of the matmuls of one layer's forward.
+    """FLOPs of one whole layer's forward (all its sub-blocks when decoupled).
 
     A decoupled layer has the same projection FLOPs as an original one (its
     weights are the same size), but each of its N_div sub-blocks computes
     attention over all heads, so scores and context cost N_div times more.
     """
-    t, h, f = batch * seq, cfg.hidden, cfg.ffn
-    projections = 2 * t * h * 3 * h + 2 * t * h * h + 2 * 2 * t * h * f
-    attention = 2 * 2 * batch * seq * seq * h
-    return projections + attention * (cfg.n_div if decoupled else 1)
+    if not decoupled:
+        return sum(layer_gemms(cfg, batch, seq, seq, cfg.hidden).values())
+    return cfg.n_div * sum(layer_gemms(cfg, batch, seq, seq, cfg.sub_width).values())
 
 
 def forward_flops(cfg: ModelConfig, batch: int, seq: int) -> int:
     return sum(layer_flops(cfg, batch, seq, kind == "decoupled") for kind in cfg.layer_kinds())
+
+
+def layer_params(cfg: ModelConfig, width: int, heads: int | None = None, ffn: int | None = None) -> int:
+    """Parameters of one layer of `width` (see `layer_gemms`): weights, biases, LayerNorms."""
+    heads = cfg.heads if heads is None else heads
+    ffn = cfg.ffn if ffn is None else ffn
+    inner = heads * cfg.head_dim
+    qkv = 3 * inner * width + 3 * inner
+    attention_out = width * inner + width + 2 * width    # weight, bias, LayerNorm 1
+    feed_forward = 2 * ffn * width + ffn + width + 2 * width  # in, out, LayerNorm 2
+    return qkv + attention_out + feed_forward
+
+
+def embedding_params(cfg: ModelConfig) -> int:
+    return (cfg.vocab + cfg.max_positions + cfg.type_vocab) * cfg.hidden + 2 * cfg.hidden
+
+
+def layer_index_params(cfg: ModelConfig, index: int) -> int:
+    """Parameters of layer `index`: an original layer, or a decoupled layer's N_div sub-blocks."""
+    if cfg.is_boundary(index):
+        return layer_params(cfg, cfg.hidden)
+    return cfg.n_div * layer_params(cfg, cfg.sub_width)
+
+
+def model_params(cfg: ModelConfig) -> int:
+    return embedding_params(cfg) + sum(layer_index_params(cfg, i) for i in range(cfg.layers))

@@ -9,34 +9,17 @@ ranks construct it with identical arguments.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
 from kernels import ModelConfig, ModelWeights
 
-from .comm import Communicator, UsageError
+from .errors import UsageError
+from .traffic import Traffic
 
-
-@dataclass(frozen=True)
-class Traffic:
-    """Analytic totals of one op for one forward on one rank (same units as
-    `comm.OpTotals`: calls, payload bytes, bus bytes)."""
-    calls: int
-    payload: int
-    bus: int
-
-    def __add__(self, other: "Traffic") -> "Traffic":
-        return Traffic(self.calls + other.calls, self.payload + other.payload, self.bus + other.bus)
-
-
-def add_traffic(table: dict[str, Traffic], op: str, calls: int, payload: int, bus: int) -> None:
-    table[op] = table.get(op, Traffic(0, 0, 0)) + Traffic(calls, payload, bus)
-
-
-def ring_allreduce_bus(nbytes: int, world: int) -> int:
-    return 2 * (world - 1) * nbytes // world
+if TYPE_CHECKING:  # the communicator imports mpi4py; the formulas must not need it
+    from .comm import Communicator
 
 
 class Strategy(ABC):
@@ -71,14 +54,37 @@ class Strategy(ABC):
     def holds_output(self) -> bool:
         return True
 
+    # -- the analytic model: pure functions of (config, P, rank, options, batch, seq) ----------
+    # No built strategy, communicator or weights needed: the drivers' expected_* fields, the
+    # communication-volume report and the planner call these for any P, on any machine.
+    @classmethod
     @abstractmethod
-    def weights_bytes(self) -> int:
-        """Bytes of weights this rank holds."""
+    def expected_traffic(cls, cfg: ModelConfig, world: int, rank: int, batch: int, seq: int,
+                         **options) -> dict[str, Traffic]:
+        """op -> analytic calls/payload/bus of one forward on `rank` (from parallelism.traffic)."""
+
+    @classmethod
+    @abstractmethod
+    def weights_bytes(cls, cfg: ModelConfig, world: int, rank: int, **options) -> int:
+        """Bytes of weights `rank` holds."""
+
+    @classmethod
+    @abstractmethod
+    def flops(cls, cfg: ModelConfig, world: int, rank: int, batch: int, seq: int, **options) -> int:
+        """Matmul FLOPs `rank` computes in one forward."""
 
     @abstractmethod
-    def expected_traffic(self, batch: int, seq: int) -> dict[str, Traffic]:
-        """op -> analytic calls/payload/bus of one forward on this rank, from the
-        formulas (never from running)."""
+    def held_bytes(self) -> int:
+        """Bytes of the weight tensors this instance really holds (the tests check
+        `weights_bytes` against it)."""
+
+    def traffic_here(self, batch: int, seq: int) -> dict[str, Traffic]:
+        """This rank's expected traffic (the pure formula at this communicator's P and rank)."""
+        return type(self).expected_traffic(self.cfg, self.comm.size, self.comm.rank, batch, seq, **self.opts)
+
+    def weights_bytes_here(self) -> int:
+        return type(self).weights_bytes(self.cfg, self.comm.size, self.comm.rank, **self.opts)
 
     def __call__(self, input_ids, attention_mask):
         return self.forward(input_ids, attention_mask)
+

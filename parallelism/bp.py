@@ -1,4 +1,4 @@
-"""BP: DeTransformer block parallelism over the decoupled model (DESIGN.md table, row BP).
+"""BP: DeTransformer block parallelism over the decoupled model (docs/DESIGN.md, strategy table, row BP).
 
 The model: N_b blocks; in each block L/N_b - 1 decoupled layers of N_div
 independent sub-blocks (sub-block i reads and writes only slice i, h/N_div
@@ -34,12 +34,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels import additive_mask, embed, layer_forward
+from kernels import FP32, additive_mask, embed, embedding_params, layer_flops, layer_forward, layer_gemms, layer_params
 from kernels.layers import nbytes
 
-from .base import Strategy, Traffic, add_traffic
-from .comm import UsageError
+from .base import Strategy
+from .errors import UsageError
 from .tp import TensorParallelLayer, check_tp_divisible
+from .traffic import charge
 
 BOUNDARIES = ("replicate", "tp")
 
@@ -153,21 +154,41 @@ class BlockParallel(Strategy):
                 x = layer_forward(x, boundary, mask, heads, eps)
         return x
 
-    def weights_bytes(self) -> int:
+    def held_bytes(self) -> int:
         held = nbytes(self.embeddings)
         for decoupled, boundary in self.blocks:
             held += sum(nbytes(w) for sub_blocks in decoupled for w in sub_blocks)
             held += boundary.nbytes() if isinstance(boundary, TensorParallelLayer) else nbytes(boundary)
         return held
 
-    def expected_traffic(self, batch, seq):
-        cfg, size = self.cfg, self.comm.size
-        slice_bytes = batch * seq * cfg.sub_width * 4
-        mine = len(self.mine)
-        table: dict[str, Traffic] = {}
-        for _ in range(cfg.n_blocks):
-            add_traffic(table, "allgather", 1, mine * slice_bytes, (cfg.n_div - mine) * slice_bytes)
-            if self.opts["boundary"] == "tp":
-                tp = TensorParallelLayer.traffic(batch, seq, cfg.hidden, size)
-                add_traffic(table, "allreduce", tp.calls, tp.payload, tp.bus)
+    @classmethod
+    def _opts(cls, cfg, world, rank, options) -> tuple[int, bool]:
+        """(sub-blocks this rank holds, whether the boundary layers are TP-sharded)."""
+        options = {**cls.options, **options}
+        return len(cls.assign(cfg, world, options["assignment"])[rank]), options["boundary"] == "tp"
+
+    @classmethod
+    def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
+        mine, tp = cls._opts(cfg, world, rank, options)
+        slice_bytes = batch * seq * cfg.sub_width * FP32
+        table = {"allgather": charge("allgather", mine * slice_bytes, cfg.n_div * slice_bytes, world,
+                                     calls=cfg.n_blocks)}
+        if tp:
+            table["allreduce"] = TensorParallelLayer.traffic(cfg, world, batch, seq) * cfg.n_blocks
         return table
+
+    @classmethod
+    def weights_bytes(cls, cfg, world, rank, **options):
+        mine, tp = cls._opts(cfg, world, rank, options)
+        decoupled = cfg.layers - cfg.n_blocks
+        boundary = TensorParallelLayer.params(cfg, world) if tp else layer_params(cfg, cfg.hidden)
+        held = decoupled * mine * layer_params(cfg, cfg.sub_width) + cfg.n_blocks * boundary
+        return FP32 * (embedding_params(cfg) + held)
+
+    @classmethod
+    def flops(cls, cfg, world, rank, batch, seq, **options):
+        mine, tp = cls._opts(cfg, world, rank, options)
+        decoupled = cfg.layers - cfg.n_blocks
+        sub_block = sum(layer_gemms(cfg, batch, seq, seq, cfg.sub_width).values())
+        boundary = TensorParallelLayer.flops(cfg, world, batch, seq) if tp else layer_flops(cfg, batch, seq, False)
+        return decoupled * mine * sub_block + cfg.n_blocks * boundary

@@ -1,36 +1,27 @@
 """The one communicator every strategy talks through: zero-copy mpi4py buffer
 calls on torch tensors, each counted.
 
-Nothing else in `parallelism/` imports mpi4py. Every operation works on the
-memory of contiguous tensors (no pickling) and adds to per-(phase, op)
-counters:
-
-- `calls`: operations this rank issued (one per collective call, one per
-  point-to-point message);
-- `payload`: bytes this rank contributes: allreduce and reduce-scatter its
-  whole input buffer, allgather its own part, send the message, bcast the
-  buffer on the root, scatter the parts the root hands out, gather the part a
-  non-root hands in; recv counts 0 (the sender counts the message);
-- `bus`: bytes this rank sends under a bandwidth-optimal algorithm (nccl-tests
-  factors): allreduce 2(P-1)/P x n, allgather / reduce-scatter the result or
-  input minus this rank's own part ((P-1)/P x n for equal parts), send, bcast,
-  scatter and gather as payload;
-- `seconds`: wall time inside the calls.
-
-`phase(name)` attributes the calls to a phase (a layer, a block...) and
-records its wall time, so compute time = phase time - communication time.
+Nothing outside this module imports mpi4py. Every operation works on the
+memory of contiguous tensors (no pickling) and adds to per-op counters:
+`calls` (one per collective call, one per point-to-point message), `payload`
+and `bus` bytes as `parallelism.traffic` defines them (the same rules the
+strategies' analytic traffic uses), and `seconds` of wall time inside the
+calls. Uncounted calls serve the harness: `sync` (a barrier that waits the
+communicator's way), `idle_barrier` (for ranks with nothing to do), the
+pickled metadata helpers (never in a hot loop) and `free`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from time import perf_counter, sleep
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from mpi4py import MPI
+
+from .errors import CommError, UsageError
+from .traffic import RULES
 
 # torch dtype -> MPI datatype (via the numpy type code MPI knows it by).
 _MPI_TYPES = {dtype: MPI.Datatype.fromcode(code) for dtype, code in [
@@ -39,15 +30,6 @@ _MPI_TYPES = {dtype: MPI.Datatype.fromcode(code) for dtype, code in [
 REDUCE_DTYPES = (torch.float32, torch.float16)
 _REDUCE_TYPES = {dtype: _MPI_TYPES[dtype] for dtype in REDUCE_DTYPES}
 _fromaddress = MPI.buffer.fromaddress
-
-
-class UsageError(Exception):
-    """Bad input detected identically on every rank before any communication:
-    each rank prints one line and exits with code 2."""
-
-
-class CommError(TypeError):
-    """A tensor the communicator cannot move (dtype, layout)."""
 
 
 def _buffer(tensor: torch.Tensor, op: str, types=_MPI_TYPES) -> tuple[list, int]:
@@ -84,22 +66,24 @@ class OpTotals:
 
 @dataclass
 class Counters:
-    """What one rank communicated: per phase, per op totals, and each phase's wall time."""
-    ops: dict = field(default_factory=dict)            # phase -> {op -> OpTotals}
-    phase_seconds: dict = field(default_factory=dict)  # phase -> seconds
+    """What one rank communicated: op -> OpTotals."""
+    ops: dict = field(default_factory=dict)
 
     def by_op(self) -> dict[str, OpTotals]:
-        out: dict[str, OpTotals] = {}
-        for per_op in self.ops.values():
-            for op, totals in per_op.items():
-                out.setdefault(op, OpTotals()).add(totals)
-        return out
+        return self.ops
 
     def total(self) -> OpTotals:
         out = OpTotals()
-        for totals in self.by_op().values():
+        for totals in self.ops.values():
             out.add(totals)
         return out
+
+    def seconds(self) -> float:
+        return sum(t.seconds for t in self.ops.values())
+
+    def merge(self, other: "Counters") -> None:
+        for op, totals in other.ops.items():
+            self.ops.setdefault(op, OpTotals()).add(totals)
 
 
 def _displacements(counts: list[int]) -> list[int]:
@@ -126,7 +110,7 @@ class Communicator:
     wait: "spin" lets MPI busy-poll inside blocking calls (fastest on idle
     cores); "sleep" issues non-blocking calls and polls them with short
     sleeps, so that a rank under a CPU quota does not burn its budget waiting
-    (see MACHINE-FACTS.md). Default: $DETR_COMM_WAIT, else "spin".
+    (docs/DESIGN.md, "Waiting under a CPU quota"). Default: $DETR_COMM_WAIT, else "spin".
     """
 
     def __init__(self, mpi_comm=None, wait: str | None = None, sleep_s: float = 50e-6):
@@ -144,28 +128,15 @@ class Communicator:
         """Start counting afresh; returns what was counted so far."""
         old = getattr(self, "counters", None)
         self.counters = Counters()
-        self._phase = "-"
-        self._ops = self.counters.ops.setdefault(self._phase, {})
+        self._ops = self.counters.ops
         return old
 
-    @contextmanager
-    def phase(self, name: str):
-        """Attribute the calls inside to phase `name` and add its wall time."""
-        outer = self._phase
-        self._phase, self._ops = name, self.counters.ops.setdefault(name, {})
-        start = perf_counter()
-        try:
-            yield
-        finally:
-            seconds = self.counters.phase_seconds
-            seconds[name] = seconds.get(name, 0.0) + perf_counter() - start
-            self._phase, self._ops = outer, self.counters.ops[outer]
-
-    def _count(self, op: str, payload: int, bus: int, start: float) -> OpTotals:
-        # The hot path: kept to one dict lookup and four additions.
+    def _count(self, op: str, part: int, whole: int, start: float) -> OpTotals:
+        # The hot path: two dict lookups, one rule and four additions.
         totals = self._ops.get(op)
         if totals is None:
             totals = self._ops[op] = OpTotals()
+        payload, bus = RULES[op](part, whole, self.size)
         totals.seconds += perf_counter() - start
         totals.calls += 1
         totals.payload += payload
@@ -211,7 +182,7 @@ class Communicator:
             self.mpi.Allreduce(MPI.IN_PLACE, buf, MPI.SUM)
         else:
             self._complete(self.mpi.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM))
-        self._count("allreduce", n, 2 * (self.size - 1) * n // self.size, start)
+        self._count("allreduce", n, n, start)
         return tensor
 
     def allgather(self, part: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -227,7 +198,7 @@ class Communicator:
             self.mpi.Allgather(send, recv)
         else:
             self._complete(self.mpi.Iallgather(send, recv))
-        self._count("allgather", n, total - n, start)
+        self._count("allgather", n, total, start)
         return out
 
     def allgatherv(self, part: torch.Tensor, counts: list[int], out: torch.Tensor | None = None) -> torch.Tensor:
@@ -246,7 +217,7 @@ class Communicator:
             self.mpi.Allgatherv(send, recv)
         else:
             self._complete(self.mpi.Iallgatherv(send, recv))
-        self._count("allgather", n, total - n, start)
+        self._count("allgather", n, total, start)
         return out
 
     def reduce_scatter(self, tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -259,7 +230,7 @@ class Communicator:
             self.mpi.Reduce_scatter(send, recv, counts, MPI.SUM)
         else:
             self._complete(self.mpi.Ireduce_scatter(send, recv, counts, MPI.SUM))
-        self._count("reduce_scatter", n, n - mine, start)
+        self._count("reduce_scatter", mine, n, start)
         return out
 
     def bcast(self, tensor: torch.Tensor, root: int = 0) -> torch.Tensor:
@@ -338,6 +309,30 @@ class Communicator:
             return None
         return Communicator(sub, wait=self.wait, sleep_s=self.sleep_s)
 
+    # -- uncounted calls for the harness -------------------------------------------------
+    def sync(self) -> None:
+        """Barrier outside the counters, waiting the communicator's way (spin or sleep-poll)."""
+        if self.size == 1:
+            return
+        if self._spin:
+            self.mpi.Barrier()
+        else:
+            self._complete(self.mpi.Ibarrier())
+
+    def idle_barrier(self, sleep_s: float = 1e-3) -> None:
+        """Barrier for ranks with nothing to do: polls with 1 ms sleeps so that waiting
+        ranks leave the cores to the working ones (MPICH's blocking calls spin)."""
+        if self.size == 1:
+            return
+        request = self.mpi.Ibarrier()
+        while not request.Test():
+            sleep(sleep_s)
+
+    def free(self) -> None:
+        """Release a communicator made by `split` (never the world)."""
+        if self.mpi != MPI.COMM_WORLD:
+            self.mpi.Free()
+
     # Small pickled metadata (timings, records, host names): uncounted, never in a hot loop.
     def max_over_ranks(self, value: float) -> float:
         return self.mpi.allreduce(value, op=MPI.MAX)
@@ -352,8 +347,25 @@ class Communicator:
         return self.mpi.bcast(obj, root=root)
 
 
-def world() -> Communicator:
-    return Communicator(MPI.COMM_WORLD)
+def raw_allreduce_peers(comm: Communicator, tensor: torch.Tensor) -> dict:
+    """In-place SUM allreduce of `tensor` through raw mpi4py, as peers of the communicator's
+    own cost (bench.collectives --bench overhead): on a ready-made numpy view, and given the
+    torch tensor (mpi4py's DLPack path)."""
+    mpi, view = comm.mpi, tensor.numpy()
+    return {"raw mpi4py, numpy view": lambda: mpi.Allreduce(MPI.IN_PLACE, view, MPI.SUM),
+            "raw mpi4py, torch tensor (DLPack)": lambda: mpi.Allreduce(MPI.IN_PLACE, tensor, MPI.SUM)}
+
+
+def world(wait: str | None = None) -> Communicator:
+    return Communicator(MPI.COMM_WORLD, wait=wait)
+
+
+def world_rank() -> int:
+    return MPI.COMM_WORLD.Get_rank()
+
+
+def world_size() -> int:
+    return MPI.COMM_WORLD.Get_size()
 
 
 def mpi_versions() -> dict:
@@ -365,46 +377,29 @@ def processor_name() -> str:
     return MPI.Get_processor_name()
 
 
-def _say(line: str) -> None:
-    """One line to stderr in ONE write: print() writes the text and the newline
-    separately, so the launcher's merged stderr interleaved ranks' lines
-    ("error: aerror: a\n\n")."""
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
+# -- ending a job on an error ---------------------------------------------------------------
+# A communicator of its own, so that the failure handshake can never match a collective the
+# healthy ranks are in. Dup is collective: every rank imports this module at start-up.
+_FAILURES = MPI.COMM_WORLD.Dup()
 
 
-def main_guard(main) -> None:
-    """Run `main()` so that no rank ever hangs or prints a traceback for bad input.
+def end_job_on_error(code: int, agree_s: float = 2.0) -> None:
+    """Called on a rank that failed (after printing its one line). If every rank fails
+    alike (bad input seen by all) they meet on a barrier of `_FAILURES` within `agree_s`
+    and each exits with `code` quietly; if some rank does not come (it is healthy and
+    waiting in a collective, or stopped), MPI Abort ends the whole job within seconds."""
+    if MPI.COMM_WORLD.Get_size() == 1:
+        return
+    request = _FAILURES.Ibarrier()
+    deadline = perf_counter() + agree_s
+    while perf_counter() < deadline:
+        if request.Test():
+            return
+        sleep(0.01)
+    MPI.COMM_WORLD.Abort(code)
 
-    UsageError (found on every rank before any communication): one line
-    `error: ...` on stderr, exit 2. Ctrl-C: exit 130. Any other exception on
-    any rank: one line naming the rank, then MPI Abort, which brings every
-    rank down within seconds instead of leaving them waiting in a collective.
-    """
-    rank = MPI.COMM_WORLD.Get_rank()
-    try:
-        main()
-        sys.stdout.flush()   # here, not at exit, so that a closed stdout lands below
-    except UsageError as err:
-        _say(f"error: {err}")
-        sys.exit(2)
-    except KeyboardInterrupt:
-        _say(f"rank {rank}: interrupted; finished records are kept")
-        MPI.COMM_WORLD.Abort(130)
-    except BrokenPipeError:
-        # `... | head`: the reader of stdout left. No traceback, no more output (also not
-        # when Python flushes stdout at exit); the other ranks must not wait for this one.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        if MPI.COMM_WORLD.Get_size() > 1:
-            MPI.COMM_WORLD.Abort(141)
-        sys.exit(141)
-    except SystemExit:
-        raise
-    except BaseException as err:  # noqa: BLE001 - anything else must take the job down
-        _say(f"rank {rank}: {type(err).__name__}: {err}")
-        if MPI.COMM_WORLD.Get_size() > 1:
-            # Give the launcher a moment to forward that line: on Abort, hydra tears the
-            # job down at once and sometimes dropped the whole stderr (2 in 20 runs).
-            sleep(0.3)
-            MPI.COMM_WORLD.Abort(1)
-        sys.exit(1)
+
+def abort_job(code: int) -> None:
+    """End every rank now (a watchdog's verdict, or a crash on one rank)."""
+    if MPI.COMM_WORLD.Get_size() > 1:
+        MPI.COMM_WORLD.Abort(code)

@@ -1,4 +1,4 @@
-"""DP: data parallelism (DESIGN.md table, row DP).
+"""DP: data parallelism (docs/DESIGN.md, strategy table, row DP).
 
 What each rank holds: the whole model (the `ReferenceModel` over the full
 weights) and its share of the requests: rank r gets rows
@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels import ReferenceModel
+from kernels import FP32, ReferenceModel, forward_flops, model_params
 
-from .base import Strategy, Traffic
+from .base import Strategy
+from .traffic import charge
 
 INPUT_DTYPE = torch.int32  # token ids and mask travel as int32 (vocabularies are < 2**31)
+PACKED_ROWS = 2            # per sequence: its token ids and its padding mask, in one buffer
 
 
 def even_split(n: int, parts: int) -> list[int]:
@@ -54,8 +56,8 @@ class DataParallel(Strategy):
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             packed = torch.stack((input_ids.to(INPUT_DTYPE), attention_mask.to(INPUT_DTYPE)), dim=1)
-        local = torch.empty((mine, 2, seq), dtype=INPUT_DTYPE)
-        comm.scatterv(packed, [r * 2 * seq for r in rows], local, self.root)
+        local = torch.empty((mine, PACKED_ROWS, seq), dtype=INPUT_DTYPE)
+        comm.scatterv(packed, [r * PACKED_ROWS * seq for r in rows], local, self.root)
 
         if mine:
             out_local = self.model.forward(local[:, 0], local[:, 1])
@@ -68,15 +70,22 @@ class DataParallel(Strategy):
     def holds_output(self) -> bool:
         return self.comm.rank == self.root
 
-    def weights_bytes(self) -> int:
+    def held_bytes(self) -> int:
         return self._bytes
 
-    def expected_traffic(self, batch, seq):
-        rows = even_split(batch, self.comm.size)
-        rank, h = self.comm.rank, self.cfg.hidden
-        if rank == self.root:
-            scattered = (batch - rows[rank]) * 2 * seq * INPUT_DTYPE.itemsize
-            gathered = 0
+    @classmethod
+    def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
+        rows = even_split(batch, world)
+        if rank == cls.root:  # hands out every row but its own, receives the others' outputs
+            handed_out, handed_in = (batch - rows[rank]) * PACKED_ROWS * seq * INPUT_DTYPE.itemsize, 0
         else:
-            scattered, gathered = 0, rows[rank] * seq * h * 4
-        return {"scatter": Traffic(1, scattered, scattered), "gather": Traffic(1, gathered, gathered)}
+            handed_out, handed_in = 0, rows[rank] * seq * cfg.hidden * FP32
+        return {"scatter": charge("scatter", handed_out), "gather": charge("gather", handed_in)}
+
+    @classmethod
+    def weights_bytes(cls, cfg, world, rank, **options):
+        return FP32 * model_params(cfg)
+
+    @classmethod
+    def flops(cls, cfg, world, rank, batch, seq, **options):
+        return forward_flops(cfg, even_split(batch, world)[rank], seq)

@@ -1,4 +1,4 @@
-"""PP: pipeline parallelism (DESIGN.md table, row PP).
+"""PP: pipeline parallelism (docs/DESIGN.md, strategy table, row PP).
 
 What each rank holds: one stage, a contiguous range of layers (rank 0 the
 first layers and the embeddings, rank P-1 the last layers). The ranges are
@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels import additive_mask, embed, layer_flops, layer_forward
+from kernels import FP32, additive_mask, embed, embedding_params, layer_flops, layer_forward, layer_index_params
 from kernels.layers import nbytes
 
-from .base import Strategy, Traffic, add_traffic
-from .comm import UsageError
+from .base import Strategy
+from .errors import UsageError
 from .dp import even_split
+from .traffic import Traffic, charge
 
 
 def int_option(who: str, name: str, value, minimum: int) -> int:
@@ -103,14 +104,16 @@ class PipelineParallel(Strategy):
         embed_cost = 10 * seq * cfg.hidden  # lookups, adds and a LayerNorm: tiny, but on stage 0
         return balance_stages(costs, world_size, embed_cost)
 
-    def _micro_rows(self, batch: int) -> list[int]:
-        return even_split(batch, min(self.micro_batches, batch))
+    @classmethod
+    def micro_rows(cls, batch: int, micro_batches) -> list[int]:
+        """Rows of each micro-batch (as even as possible; no more micro-batches than rows)."""
+        return even_split(batch, min(int_option(cls.name, "micro_batches", micro_batches, 1), batch))
 
     @torch.inference_mode()
     def forward(self, input_ids, attention_mask):
         comm, cfg = self.comm, self.cfg
         batch, seq = input_ids.shape
-        rows = self._micro_rows(batch)
+        rows = self.micro_rows(batch, self.micro_batches)
         starts = [sum(rows[:j]) for j in range(len(rows))]
         mask = additive_mask(attention_mask)
         # One (B, s, h) buffer: micro-batch j's activations are its rows (contiguous).
@@ -141,16 +144,27 @@ class PipelineParallel(Strategy):
     def holds_output(self) -> bool:
         return self.last
 
-    def weights_bytes(self) -> int:
+    def held_bytes(self) -> int:
         held = sum(nbytes(w) for w in self.layers)
         return held + (nbytes(self.embeddings) if self.embeddings is not None else 0)
 
-    def expected_traffic(self, batch, seq):
-        micro = len(self._micro_rows(batch))
-        table: dict[str, Traffic] = {}
-        if not self.first:
-            add_traffic(table, "recv", micro, 0, 0)
-        if not self.last:
-            t = batch * seq * self.cfg.hidden * 4  # the micro-batches add up to the batch
-            add_traffic(table, "send", micro, t, t)
+    @classmethod
+    def expected_traffic(cls, cfg, world, rank, batch, seq, micro_batches=1, **options):
+        rows = cls.micro_rows(batch, micro_batches)
+        table = {}
+        if rank > 0:
+            table["recv"] = charge("recv", calls=len(rows))
+        if rank < world - 1:
+            table["send"] = sum((charge("send", n * seq * cfg.hidden * FP32) for n in rows), Traffic())
         return table
+
+    @classmethod
+    def weights_bytes(cls, cfg, world, rank, **options):
+        stage = cls.stage_layers(cfg, world)[rank]
+        held = sum(layer_index_params(cfg, i) for i in stage)
+        return FP32 * (held + (embedding_params(cfg) if rank == 0 else 0))
+
+    @classmethod
+    def flops(cls, cfg, world, rank, batch, seq, **options):
+        stage = cls.stage_layers(cfg, world)[rank]
+        return sum(layer_flops(cfg, batch, seq, not cfg.is_boundary(i)) for i in stage)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels import ReferenceModel
+from kernels import FP32, ReferenceModel, forward_flops, model_params
 
-from .base import Strategy, Traffic
+from .base import Strategy
 
 
 class Serial(Strategy):
@@ -28,8 +28,18 @@ class Serial(Strategy):
     def forward(self, input_ids, attention_mask):
         return self.model.forward(input_ids, attention_mask)
 
-    def weights_bytes(self) -> int:
+    def held_bytes(self) -> int:
         return self._bytes
 
-    def expected_traffic(self, batch: int, seq: int) -> dict[str, Traffic]:
+    @classmethod
+    def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
         return {}
+
+    @classmethod
+    def weights_bytes(cls, cfg, world, rank, **options):
+        return FP32 * model_params(cfg)
+
+    @classmethod
+    def flops(cls, cfg, world, rank, batch, seq, **options):
+        return forward_flops(cfg, batch, seq)
+

@@ -1,4 +1,4 @@
-"""SP: sequence parallelism (DESIGN.md table, row SP).
+"""SP: sequence parallelism (docs/DESIGN.md, strategy table, row SP).
 
 What each rank holds: the whole model (every weight) and 1/P of the tokens:
 rank r owns positions [sum(s_q[:r]), +s_q[r]) with s_q[r] = s//P + (r < s%P)
@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import torch
 
-from kernels import additive_mask, attention, attention_residual, embed, ffn_residual, project_qkv
+from kernels import (FP32, additive_mask, attention, attention_residual, embed, ffn_residual, layer_gemms,
+                     model_params, project_qkv)
 
-from .base import Strategy, Traffic
-from .comm import UsageError
+from .base import Strategy
+from .errors import UsageError
 from .dp import even_split
+from .traffic import charge
 
 
 class SequenceParallel(Strategy):
@@ -45,16 +47,18 @@ class SequenceParallel(Strategy):
             raise UsageError(f"{cls.name}: ranks must be <= tokens (P={world_size}, "
                              f"max_positions={cfg.max_positions})")
 
-    def _tokens(self, seq: int) -> list[int]:
-        if seq < self.comm.size:
-            raise UsageError(f"{self.name}: ranks must be <= tokens (P={self.comm.size}, seq={seq})")
-        return even_split(seq, self.comm.size)
+    @classmethod
+    def tokens(cls, seq: int, world: int) -> list[int]:
+        """Tokens per rank."""
+        if seq < world:
+            raise UsageError(f"{cls.name}: ranks must be <= tokens (P={world}, seq={seq})")
+        return even_split(seq, world)
 
     @torch.inference_mode()
     def forward(self, input_ids, attention_mask):
         cfg, comm = self.cfg, self.comm
         batch, seq = input_ids.shape
-        tokens = self._tokens(seq)
+        tokens = self.tokens(seq, comm.size)
         start, mine = sum(tokens[:comm.rank]), tokens[comm.rank]
         h, heads, d, eps = cfg.hidden, cfg.heads, cfg.head_dim, cfg.ln_eps
         mask = additive_mask(attention_mask)  # (B, 1, 1, s): over all keys
@@ -77,14 +81,22 @@ class SequenceParallel(Strategy):
         comm.allgatherv(x.transpose(0, 1).contiguous().view(-1), [n * batch * h for n in tokens], out.view(-1))
         return out.transpose(0, 1).contiguous()  # no copy when B == 1
 
-    def weights_bytes(self) -> int:
+    def held_bytes(self) -> int:
         return self._bytes
 
-    def expected_traffic(self, batch, seq):
-        tokens = self._tokens(seq)
-        mine, h = tokens[self.comm.rank], self.cfg.hidden
-        kv_payload, kv_bus = batch * mine * 2 * h * 4, batch * (seq - mine) * 2 * h * 4
-        out_payload, out_bus = batch * mine * h * 4, batch * (seq - mine) * h * 4
-        layers = self.cfg.layers
-        return {"allgather": Traffic(layers + 1, layers * kv_payload + out_payload,
-                                     layers * kv_bus + out_bus)}
+    @classmethod
+    def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
+        tokens = cls.tokens(seq, world)
+        mine, row = tokens[rank], batch * cfg.hidden * FP32  # one token's activation, all sequences
+        keys_values = charge("allgather", 2 * mine * row, 2 * seq * row, world, calls=cfg.layers)
+        outputs = charge("allgather", mine * row, seq * row, world)
+        return {"allgather": keys_values + outputs}
+
+    @classmethod
+    def weights_bytes(cls, cfg, world, rank, **options):
+        return FP32 * model_params(cfg)
+
+    @classmethod
+    def flops(cls, cfg, world, rank, batch, seq, **options):
+        mine = cls.tokens(seq, world)[rank]
+        return cfg.layers * sum(layer_gemms(cfg, batch, mine, seq, cfg.hidden).values())

@@ -1,4 +1,4 @@
-"""TP: Megatron tensor parallelism (DESIGN.md table, row TP).
+"""TP: Megatron tensor parallelism (docs/DESIGN.md, strategy table, row TP).
 
 What each rank holds:
 - the embeddings, replicated (every rank embeds the whole batch; no traffic);
@@ -24,15 +24,21 @@ layers (`boundary='tp'`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
-from kernels import (LayerWeights, additive_mask, attention, embed, ffn, layer_norm,
-                     project_qkv)
+from kernels import (FP32, LayerWeights, additive_mask, attention, embed, embedding_params, ffn, layer_gemms,
+                     layer_norm, layer_params, project_qkv)
 from kernels.layers import nbytes
 
-from .base import Strategy, Traffic, ring_allreduce_bus
-from .comm import Communicator, UsageError
+from .base import Strategy
+from .errors import UsageError
+from .traffic import Traffic, charge
+
+if TYPE_CHECKING:  # the communicator imports mpi4py; the formulas must not need it
+    from .comm import Communicator
 
 
 def check_tp_divisible(cfg, world_size: int, who: str) -> None:
@@ -91,10 +97,18 @@ class TensorParallelLayer:
         return nbytes(self.w)
 
     @staticmethod
-    def traffic(batch: int, seq: int, hidden: int, world: int) -> Traffic:
+    def traffic(cfg, world: int, batch: int, seq: int) -> Traffic:
         """Two allreduces of one fp32 activation T = B*s*h*4."""
-        t = batch * seq * hidden * 4
-        return Traffic(2, 2 * t, 2 * ring_allreduce_bus(t, world))
+        return charge("allreduce", whole=batch * seq * cfg.hidden * FP32, world=world, calls=2)
+
+    @staticmethod
+    def params(cfg, world: int) -> int:
+        """One rank's shard: 1/P of the heads and FFN columns, whole output biases and LayerNorms."""
+        return layer_params(cfg, cfg.hidden, heads=cfg.heads // world, ffn=cfg.ffn // world)
+
+    @staticmethod
+    def flops(cfg, world: int, batch: int, seq: int) -> int:
+        return sum(layer_gemms(cfg, batch, seq, seq, cfg.hidden, cfg.heads // world, cfg.ffn // world).values())
 
 
 class TensorParallel(Strategy):
@@ -118,12 +132,18 @@ class TensorParallel(Strategy):
             x = layer(x, mask)
         return x
 
-    def weights_bytes(self) -> int:
+    def held_bytes(self) -> int:
         return nbytes(self.embeddings) + sum(layer.nbytes() for layer in self.layers)
 
-    def expected_traffic(self, batch, seq):
-        per_layer = TensorParallelLayer.traffic(batch, seq, self.cfg.hidden, self.comm.size)
-        total = Traffic(0, 0, 0)
-        for _ in self.layers:
-            total = total + per_layer
-        return {"allreduce": total}
+    @classmethod
+    def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
+        return {"allreduce": TensorParallelLayer.traffic(cfg, world, batch, seq) * cfg.layers}
+
+    @classmethod
+    def weights_bytes(cls, cfg, world, rank, **options):
+        return FP32 * (embedding_params(cfg) + cfg.layers * TensorParallelLayer.params(cfg, world))
+
+    @classmethod
+    def flops(cls, cfg, world, rank, batch, seq, **options):
+        return cfg.layers * TensorParallelLayer.flops(cfg, world, batch, seq)
+

@@ -171,22 +171,6 @@ def test_barrier_counted(comm):
     assert counted(comm) == {"barrier": (1, 0, 0)}
 
 
-def test_phases_split_the_counts(comm):
-    p = comm.size
-    comm.reset()
-    with comm.phase("layer0"):
-        comm.allreduce(torch.ones(4))
-    with comm.phase("layer1"):
-        comm.allreduce(torch.ones(4))
-        comm.allreduce(torch.ones(8))
-    ops = comm.counters.ops
-    assert ops["layer0"]["allreduce"].calls == 1 and ops["layer1"]["allreduce"].calls == 2
-    assert ops["layer1"]["allreduce"].payload == 48
-    assert counted(comm) == {"allreduce": (3, 64, 2 * ring_allreduce(16, p) + ring_allreduce(32, p))}
-    assert set(comm.counters.phase_seconds) == {"layer0", "layer1"}
-    assert comm.counters.phase_seconds["layer1"] >= comm.counters.ops["layer1"]["allreduce"].seconds
-
-
 # -- refusals (raised before any MPI call, identically on every rank) -----------------------------
 @pytest.mark.parametrize("op", ["allreduce", "allgather", "bcast", "isend"])
 def test_bfloat16_refused(comm, op):

@@ -70,7 +70,7 @@ def traffic_of(comm) -> dict:
 
 
 def expected_of(strategy, batch, seq) -> dict:
-    return {op: (t.calls, t.payload, t.bus) for op, t in strategy.expected_traffic(batch, seq).items()}
+    return {op: (t.calls, t.payload, t.bus) for op, t in strategy.traffic_here(batch, seq).items()}
 
 
 def run_and_check(strategy, comm, reference, ids, mask):
@@ -147,19 +147,31 @@ def test_weights_are_split(comm):
     weights = K.init_weights(cfg, seed=2)
     full = weights.nbytes()
     emb = K.layers.nbytes(weights.embeddings)
-    pp = comm.allgather_object(STRATEGIES["pp"](cfg, weights, comm).weights_bytes())
-    assert sum(pp) == full  # every layer on exactly one stage, embeddings on the first
+    pp = STRATEGIES["pp"](cfg, weights, comm)
+    assert sum(comm.allgather_object(pp.held_bytes())) == full  # every layer on one stage, embeddings on the first
+    assert pp.held_bytes() == pp.weights_bytes_here()
     if cfg.heads % comm.size == 0:
-        tp = STRATEGIES["tp"](cfg, weights, comm).weights_bytes()
+        tp = STRATEGIES["tp"](cfg, weights, comm)
         sharded = sum(t.nbytes for w in weights.layers for t in (
             w.qkv_weight, w.qkv_bias, w.out_weight, w.ffn_in_weight, w.ffn_in_bias, w.ffn_out_weight))
-        assert tp == full - sharded + sharded // comm.size  # heads and FFN columns split, rest replicated
+        # heads and FFN columns split, the rest replicated
+        assert tp.held_bytes() == tp.weights_bytes_here() == full - sharded + sharded // comm.size
     dcfg = K.preset("tiny", **DECOUPLED)
     dweights = K.init_weights(dcfg, seed=2)
+    for boundary_mode in ("replicate", "tp"):
+        try:
+            bp = STRATEGIES["bp"](dcfg, dweights, comm, assignment=unequal_assignment(comm.size),
+                                  boundary=boundary_mode)
+        except UsageError:
+            continue
+        assert bp.held_bytes() == bp.weights_bytes_here()
     bp = STRATEGIES["bp"](dcfg, dweights, comm, assignment=unequal_assignment(comm.size))
     boundary = sum(K.layers.nbytes(w) for w in dweights.layers if not isinstance(w, list))
-    sub_blocks = comm.allgather_object(bp.weights_bytes() - emb - boundary)
+    sub_blocks = comm.allgather_object(bp.held_bytes() - emb - boundary)
     assert sum(sub_blocks) == dweights.nbytes() - emb - boundary  # each sub-block on exactly one rank
+    for name in ("dp", "sp", "serial"):
+        strategy = STRATEGIES[name](cfg, weights, comm)
+        assert strategy.held_bytes() == strategy.weights_bytes_here() == full
 
 
 # -- no MPI needed ------------------------------------------------------------------------
