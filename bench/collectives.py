@@ -38,12 +38,12 @@ from datetime import timedelta
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # gloo warns it cannot reverse-resolve namespace addresses
 
 import torch  # noqa: E402
-from mpi4py import MPI
 
-from bench import cli, network as N
-from bench.harness import ArgumentParser
-from bench.records import append_jsonl
-from parallelism.comm import Communicator, UsageError, main_guard
+from bench import cli, network as N  # noqa: E402
+from bench.records import append_jsonl  # noqa: E402
+from parallelism.comm import Communicator, processor_name, raw_allreduce_peers, world_rank  # noqa: E402
+from parallelism.errors import UsageError  # noqa: E402
+from parallelism.traffic import bus_bytes as rule_bus_bytes  # noqa: E402
 
 OPS = ("allreduce", "allgather", "sendrecv")
 IMPLS = ("ours", "gloo")
@@ -71,8 +71,12 @@ def format_size(n: int) -> str:
 
 
 def bus_bytes(op: str, n: int, size: int) -> int:
-    return {"allreduce": 2 * (size - 1) * n // size, "allgather": (size - 1) * n,
-            "sendrecv": n if size > 1 else 0}[op]
+    """Bus bytes per rank of one op with n bytes per rank (parallelism.traffic's rules)."""
+    if op == "allreduce":
+        return rule_bus_bytes("allreduce", n, n, size)
+    if op == "allgather":
+        return rule_bus_bytes("allgather", n, size * n, size)
+    return rule_bus_bytes("send", n, n, size) if size > 1 else 0
 
 
 def wire_address(iface: str | None) -> str:
@@ -147,7 +151,7 @@ class Runner:
         sreq.wait()
 
     def barrier(self):
-        self.comm.mpi.Barrier()
+        self.comm.sync()
 
     def check(self):
         """One call on known data: ours and gloo must both give the exact answer."""
@@ -188,7 +192,7 @@ def bench_collectives(args, comm: Communicator) -> None:
     rates = comm.allgather_object(net["rate_bit"] if net else None)
     rate_bit = None if any(r is None for r in rates) else min(rates)
     dist = init_gloo(comm) if "gloo" in impls else None
-    host = MPI.Get_processor_name()
+    host = processor_name()
     hosts = comm.allgather_object(host)
     records, rows = [], []
     for op in ops:
@@ -244,7 +248,7 @@ def bench_collectives(args, comm: Communicator) -> None:
                                f"{ours['wire_over_bus']:.3f}" if ours and ours["wire_over_bus"] else "-"]
                             + [f"{r['cpu_cores']:.2f}" if r else "-" for r in (ours, gloo)]
                             + [(ours or gloo)["iters"]])
-                write_jsonl(args.jsonl, mine)   # each point kept as soon as it is measured
+                write_jsonl(args.out, mine)   # each point kept as soon as it is measured
                 print(f"  {op} {format_size(n)}: done", file=sys.stderr, flush=True)
     if comm.rank == 0:
         print(f"{comm.size} ranks on {len(set(hosts))} hosts, link {N.format_rate(rate_bit) if rate_bit else 'unshaped'}"
@@ -272,7 +276,7 @@ class _Uncounted(Communicator):
     """Our communicator with the recording removed (still one no-op call, so this slightly
     overstates the buffer path and understates the recording)."""
 
-    def _count(self, op, payload, bus, start):
+    def _count(self, op, part, whole, start):
         return None
 
 
@@ -283,10 +287,8 @@ def bench_overhead(args, comm: Communicator) -> None:
     ours_uncounted = _Uncounted(mpi, wait="spin")
     ours_sleep = Communicator(mpi, wait="sleep")
     tensor = torch.zeros(256)                 # 1 KiB float32
-    view = tensor.numpy()
     variants = {
-        "raw mpi4py, numpy view": lambda: mpi.Allreduce(MPI.IN_PLACE, view, MPI.SUM),
-        "raw mpi4py, torch tensor (DLPack)": lambda: mpi.Allreduce(MPI.IN_PLACE, tensor, MPI.SUM),
+        **raw_allreduce_peers(comm, tensor),
         "ours, counting off (spin)": lambda: ours_uncounted.allreduce(tensor),
         "ours, wait=spin": lambda: ours_spin.allreduce(tensor),
         "ours, wait=sleep": lambda: ours_sleep.allreduce(tensor),
@@ -300,7 +302,7 @@ def bench_overhead(args, comm: Communicator) -> None:
     clock = time.perf_counter
     for _ in range(blocks):
         for name, fn in variants.items():
-            mpi.Barrier()
+            ours_spin.sync()
             out = samples[name]
             for _ in range(block):
                 start = clock()
@@ -326,24 +328,26 @@ def bench_overhead(args, comm: Communicator) -> None:
         print(tabulate(rows, headers=["variant", "median us", "/ raw numpy", "calls"]))
         print(f"recording (counters + clocks): {(spin - uncounted) * 1e6:.2f} us per call, "
               f"{share:.1%} of ours (spin)")
-        write_jsonl(args.jsonl, records)
+        write_jsonl(args.out, records)
 
 
 def main(argv=None) -> None:
-    parser = ArgumentParser(prog="python -m bench.collectives", description=__doc__)
+    parser = cli.ArgumentParser(prog="python -m bench.collectives", description=__doc__,
+                                quiet_rank=world_rank() != 0)
     parser.add_argument("--bench", choices=("collectives", "overhead"), default="collectives")
     parser.add_argument("--sizes", type=parse_sizes, default="64k,256k,1m,4m",
                         help="bytes per rank (default %(default)s)")
     parser.add_argument("--ops", type=cli.name_list, default=list(OPS), help=f"default {','.join(OPS)}")
     parser.add_argument("--impls", type=cli.name_list, default=list(IMPLS), help=f"default {','.join(IMPLS)}")
     parser.add_argument("--iters", type=cli.nonneg_int, default=0, help="timed iterations (default: from --budget-s)")
-    parser.add_argument("--budget-s", type=float, default=1.0, help="target seconds per op, size and impl")
+    parser.add_argument("--budget-s", type=cli.finite_float(0), default=1.0, help="target seconds per op, size and impl")
     parser.add_argument("--min-iters", type=cli.positive_int, default=3)
     parser.add_argument("--max-iters", type=cli.positive_int, default=200)
     parser.add_argument("--rounds", type=cli.positive_int, default=3, help="interleaved rounds of ours/gloo per point")
     parser.add_argument("--warmup", type=cli.nonneg_int, default=1)
     parser.add_argument("--overhead-iters", type=cli.positive_int, default=2000, help="calls per variant (>= 1000)")
-    parser.add_argument("--jsonl", help="append one JSON record per point to this file ('-' for stdout)")
+    parser.add_argument("--out", "--jsonl", dest="out", type=cli.output_path,
+                        help="append one JSON record per point to this file ('-' for stdout)")
     args = parser.parse_args(argv)
     if args.bench == "overhead" and args.overhead_iters < 1000:
         raise UsageError("--overhead-iters must be >= 1000")
@@ -353,8 +357,8 @@ def main(argv=None) -> None:
     bad = [i for i in args.impls if i not in IMPLS]
     if bad:
         raise UsageError(f"unknown implementation {bad[0]!r}: choose among {', '.join(IMPLS)}")
-    if not args.budget_s > 0:
-        raise UsageError(f"--budget-s must be > 0, got {args.budget_s}")
+    if not (args.budget_s > 0 and args.budget_s < 3600):
+        raise UsageError(f"--budget-s must be > 0 and < 3600, got {args.budget_s}")
     if args.min_iters > args.max_iters:
         raise UsageError(f"--min-iters {args.min_iters} exceeds --max-iters {args.max_iters}")
     torch.set_num_threads(1)
@@ -366,4 +370,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    cli.run(main, mpi=True)

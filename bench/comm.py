@@ -8,10 +8,9 @@ For each strategy, model preset, P and seq: payload and bus bytes, messages
 (per op and total) from each strategy's `expected_traffic` formulas, the
 ratio of its bus bytes to TP's, and the weights each rank would hold.
 
-The analytic numbers need no MPI ranks and no memory: every strategy is built
-once per rank index on "meta" weights (shapes without storage) over a stand-in
-communicator that only knows its rank and size; a strategy that needs a real
-communicator while being built is reported as such. When the job has at
+The analytic numbers need no MPI ranks and no memory: they are the strategies'
+pure formulas (`Strategy.expected_traffic`, `weights_bytes`) evaluated for
+every rank index of P. When the job has at
 least P ranks (and --measure is not 'never'), every strategy is also run for
 real on the first P ranks (--iters forwards, seeded weights; the other ranks
 wait) and the counted bytes/messages are recorded next to the formulas, with
@@ -21,13 +20,8 @@ the bytes on the wire when the network layer reports interface counters.
 from __future__ import annotations
 
 import gc
-from contextlib import contextmanager
 
-import torch
-
-from kernels import init_weights
 from parallelism import UsageError
-from parallelism.comm import Counters
 
 from . import harness as H
 
@@ -35,60 +29,22 @@ EPILOG = """records: one JSON line per (strategy, model, P, seq): expected_{payl
 (total = max over ranks, by_op, by_rank), bus_ratio_to_tp, weights_bytes_per_rank, measured
 payload/bus/messages_per_rank and wire_bytes_per_rank when measured (else null).
 
-memory: the formulas use meta tensors (no weights at all); measuring materializes the seeded
-weights on every rank (bert-base 0.44 GB, bert-large 1.34 GB per rank, plus the strategy's
-shard), one model kind at a time. Use --measure never (or --models bert-base) on small hosts."""
-
-
-class AnalyticOnly(RuntimeError):
-    pass
-
-
-class AnalyticComm:
-    """Stand-in communicator for building a strategy without MPI: rank and size only."""
-    wait = "spin"
-    sleep_s = 50e-6
-
-    def __init__(self, rank: int, size: int):
-        self.rank, self.size = rank, size
-        self.counters = Counters()
-
-    def __getattr__(self, name):
-        raise AnalyticOnly(f"needs a real communicator while being built (comm.{name})")
-
-
-@contextmanager
-def meta_weights():
-    """Within: kernels.init_weights returns weights on the meta device (shapes, no storage)."""
-    import kernels.weights as kw
-    original = kw._normal
-
-    def empty(gen, *shape, std=0.02, mean=0.0):
-        return torch.empty(*shape, device="meta")
-
-    kw._normal = empty
-    try:
-        yield
-    finally:
-        kw._normal = original
+memory: the formulas need no weights at all; measuring materializes the seeded weights on every
+rank (bert-base 0.44 GB, bert-large 1.34 GB per rank, plus the strategy's shard), one model kind
+at a time. Use --measure never (or --models bert-base) on small hosts."""
 
 
 def analytic(plan: H.Plan, cfg, size: int, batch: int, seq: int) -> dict:
-    """expected traffic and weights of every rank index, from meta-weight builds."""
-    with meta_weights():
-        weights = init_weights(cfg, 0)
-    per_rank = []
-    for rank in range(size):
-        strategy = plan.cls(cfg, weights, AnalyticComm(rank, size), **plan.options)
-        per_rank.append((strategy.expected_traffic(batch, seq), int(strategy.weights_bytes())))
+    """Expected traffic and weights of every rank index, from the strategy's pure formulas."""
+    tables = [plan.cls.expected_traffic(cfg, size, rank, batch, seq, **plan.options) for rank in range(size)]
     out = {}
     for key, attr in (("payload", "payload"), ("bus", "bus"), ("messages", "calls")):
-        tables = [{op: getattr(t, attr) for op, t in table.items()} for table, _ in per_rank]
-        totals = [sum(t.values()) for t in tables]
-        ops = sorted({op for t in tables for op in t})
+        per_rank = [{op: getattr(t, attr) for op, t in table.items()} for table in tables]
+        totals = [sum(t.values()) for t in per_rank]
+        ops = sorted({op for t in per_rank for op in t})
         out[key] = {"total": max(totals), "mean": sum(totals) / size, "by_rank": totals,
-                    "by_op": {op: max(t.get(op, 0) for t in tables) for op in ops}}
-    wb = [w for _, w in per_rank]
+                    "by_op": {op: max(t.get(op, 0) for t in per_rank) for op in ops}}
+    wb = [plan.cls.weights_bytes(cfg, size, rank, **plan.options) for rank in range(size)]
     out["weights"] = {"max": max(wb), "total": sum(wb), "by_rank": wb}
     return out
 
@@ -136,7 +92,7 @@ def main(argv=None) -> None:
                 cfg = m.config(plan.decoupled)
                 try:
                     a, why = analytic(plan, cfg, P, args.batch, seq), None
-                except (AnalyticOnly, UsageError) as err:
+                except UsageError as err:
                     a, why = None, str(err)
                 results.append((plan, cfg, a, why))
             measured = {}
@@ -145,8 +101,8 @@ def main(argv=None) -> None:
                 sub = session.comm.split(0 if session.rank < P else None, key=session.rank)
                 if sub is not None:
                     measured = measure_all(session, sub, args, m, seq, plans)
-                    sub.mpi.Free()
-                H.idle_barrier(session.comm)
+                    sub.free()
+                session.comm.idle_barrier()
             tp_bus = next((a["bus"]["total"] for plan, _, a, _ in results if plan.name == "tp" and a), None)
             for plan, cfg, a, why in results:
                 got = measured.get(plan.label)

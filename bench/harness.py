@@ -38,7 +38,7 @@ import torch
 from kernels import ConfigError, ModelConfig, PRESETS, ReferenceModel, init_weights, preset
 from kernels.weights import config_from_checkpoint, load_checkpoint
 from parallelism import STRATEGIES, UsageError
-from parallelism.comm import Communicator, main_guard, mpi_versions, processor_name
+from parallelism.comm import Communicator, mpi_versions, processor_name, world_rank
 
 from . import cli, records
 from .cli import int_list, name_list, nonneg_int, positive_int  # noqa: F401 - drivers use H.*
@@ -51,29 +51,6 @@ REFERENCE = "serial"
 # ====================================================================================
 # options
 # ====================================================================================
-def _rank() -> int:
-    try:
-        from mpi4py import MPI
-        return MPI.COMM_WORLD.Get_rank()
-    except Exception:  # noqa: BLE001
-        return 0
-
-
-class ArgumentParser(cli.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2 on every rank via
-    main_guard) and prints --help on rank 0 only."""
-    error_class = UsageError
-
-    def print_help(self, file=None):
-        if _rank() == 0:
-            super().print_help(file)
-
-    def exit(self, status=0, message=None):
-        if message and _rank() == 0:
-            sys.stderr.write(message)
-        sys.exit(status)
-
-
 def assignment(text: str) -> list[list[int]]:
     """'0,1/2/3' -> [[0, 1], [2], [3]]: sub-block indices per rank, ranks separated by '/'."""
     try:
@@ -100,8 +77,8 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
            shape: bool = True, timing: bool = True, strategies: bool = True,
            batch: bool = True) -> ArgumentParser:
     d = defaults or Defaults()
-    p = ArgumentParser(prog=f"python -m bench.{bench}", description=description, epilog=epilog,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog=f"python -m bench.{bench}", description=description, epilog=epilog,
+                           quiet_rank=world_rank() != 0)
     m = p.add_argument_group("model")
     m.add_argument("--model", default=d.model,
                    help=f"preset ({', '.join(PRESETS)}) or a Hugging Face BERT checkpoint folder "
@@ -319,28 +296,6 @@ def make_comm(mode: str = "auto") -> Communicator:
     return Communicator(MPI.COMM_WORLD, wait=mode)
 
 
-def sync(comm: Communicator) -> None:
-    """Uncounted barrier, waiting the communicator's way (spin or sleep-poll)."""
-    if comm.size == 1:
-        return
-    if comm.wait == "spin":
-        comm.mpi.Barrier()
-        return
-    request = comm.mpi.Ibarrier()
-    while not request.Test():
-        time.sleep(comm.sleep_s)
-
-
-def idle_barrier(comm: Communicator, sleep_s: float = 1e-3) -> None:
-    """Barrier for ranks with nothing to do: polls with sleeps so that waiting
-    ranks leave the cores to the working ones (MPICH's blocking calls spin)."""
-    if comm.size == 1:
-        return
-    request = comm.mpi.Ibarrier()
-    while not request.Test():
-        time.sleep(sleep_s)
-
-
 @dataclass
 class Timing:
     """What `measure` found; rank-local fields are this rank's, the rest are the same on every rank."""
@@ -352,10 +307,6 @@ class Timing:
     output: object                   # this rank's output of the last forward (None if not held)
     wire: dict | None = None         # {"tx": [...per rank], "rx": [...]} bytes per iteration, or None
     bare_s: float | None = None      # --compare-bare: mean over bare forwards of the slowest rank's time
-
-
-def _comm_seconds(comm: Communicator) -> float:
-    return sum(t.seconds for per_op in comm.counters.ops.values() for t in per_op.values())
 
 
 @torch.inference_mode()
@@ -374,7 +325,7 @@ def measure(strategy, comm: Communicator, ids, mask, warmup: int, iters: int,
     """
     for _ in range(warmup):
         strategy.forward(ids, mask)
-    sync(comm)
+    comm.sync()
     comm.reset()
     local, local_comm = [], []
     tx0 = rx0 = None
@@ -386,18 +337,18 @@ def measure(strategy, comm: Communicator, ids, mask, warmup: int, iters: int,
     out = None
     for size in sizes:
         for _ in range(size):
-            sync(comm)
-            c0 = _comm_seconds(comm)
+            comm.sync()
+            c0 = comm.counters.seconds()
             t0 = perf_counter()
             out = strategy.forward(ids, mask)
             t1 = perf_counter()
             local.append(t1 - t0)
-            local_comm.append(_comm_seconds(comm) - c0)
+            local_comm.append(comm.counters.seconds() - c0)
         if bare:
             # Keep the bare forwards out of the counters and the wire bytes of the timed ones.
             bare_counters.append(comm.reset())
             for _ in range(size):
-                sync(comm)
+                comm.sync()
                 t0 = perf_counter()
                 strategy.forward(ids, mask)
                 bare_local.append(perf_counter() - t0)
@@ -426,15 +377,10 @@ def measure(strategy, comm: Communicator, ids, mask, warmup: int, iters: int,
 
 
 def _merge_counters(parts):
-    from parallelism.comm import Counters, OpTotals
+    from parallelism.comm import Counters
     merged = Counters()
     for part in parts:
-        for phase, per_op in part.ops.items():
-            target = merged.ops.setdefault(phase, {})
-            for op, totals in per_op.items():
-                target.setdefault(op, OpTotals()).add(totals)
-        for phase, seconds in part.phase_seconds.items():
-            merged.phase_seconds[phase] = merged.phase_seconds.get(phase, 0.0) + seconds
+        merged.merge(part)
     return merged
 
 
@@ -476,14 +422,14 @@ def traffic(comm: Communicator, counters, iters: int) -> dict:
 
 
 def expected(comm: Communicator, strategy, batch: int, seq: int) -> dict:
-    table = strategy.expected_traffic(batch, seq)
+    table = strategy.traffic_here(batch, seq)
     return {"payload": _over_ranks(comm, {op: t.payload for op, t in table.items()}),
             "bus": _over_ranks(comm, {op: t.bus for op, t in table.items()}),
             "messages": _over_ranks(comm, {op: t.calls for op, t in table.items()})}
 
 
 def weights_bytes(comm: Communicator, strategy) -> dict:
-    everyone = comm.allgather_object(int(strategy.weights_bytes()))
+    everyone = comm.allgather_object(int(strategy.weights_bytes_here()))
     return {"max": max(everyone), "total": sum(everyone), "by_rank": everyone}
 
 
@@ -694,7 +640,7 @@ def serial_reference(session: Session, cfg: ModelConfig, weights, ids, mask, war
                 output = model.forward(ids, mask)
                 samples.append(perf_counter() - t0)
         lat = stats(samples) if time_it else None
-    idle_barrier(comm)
+    comm.idle_barrier()
     output, lat = comm.bcast_object((output, lat))
     return Reference(output, lat)
 
@@ -732,8 +678,8 @@ def prepare(plan: Plan, cfg: ModelConfig, weights, comm: Communicator, ids, mask
 
 
 def run_main(main) -> None:
-    """Entry point of every driver: main_guard (one-line errors, exit 2; abort on a rank failure)."""
-    main_guard(main)
+    """Entry point of every driver: the suite's error convention under MPI (bench.cli.run)."""
+    cli.run(main, mpi=True)
 
 
 @contextmanager

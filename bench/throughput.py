@@ -86,10 +86,10 @@ def main(argv=None) -> None:
                     for plan in plans:
                         result = run_point(session, args, model, cfg, weights, plan, sub, ids, mask, ref, P, base)
                         session.point_done(f"{plan.label} P={P}", result, rows, point_summary)
-                    sub.mpi.Free()
+                    sub.free()
                 else:
                     session.done += len(plans)  # keeps rank-local counters consistent
-                H.idle_barrier(world)
+                world.idle_barrier()
             del weights
             gc.collect()
     session.table(rows, HEADERS, title=f"{model.name}  {args.requests} requests  seq {args.seq}  "

@@ -22,7 +22,9 @@ import torch  # noqa: E402
 
 import kernels as K  # noqa: E402
 from parallelism import get_strategy  # noqa: E402
-from parallelism.comm import UsageError, main_guard, world  # noqa: E402
+from bench.cli import run  # noqa: E402
+from parallelism.comm import world  # noqa: E402
+from parallelism.errors import UsageError  # noqa: E402
 
 COMM_OPS = ("allreduce", "allgather", "allgatherv", "reduce_scatter", "bcast", "scatterv", "gatherv",
             "send", "recv", "isend", "irecv", "barrier")
@@ -56,7 +58,7 @@ def inject_failure(comm, after: int) -> None:
         setattr(comm, op, wrapped)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--strategy", required=True)
     parser.add_argument("--preset", default="tiny")
@@ -66,7 +68,7 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=8)
     parser.add_argument("--fail-rank", type=int, default=None)
     parser.add_argument("--fail-after", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     comm = world()
     try:
@@ -86,4 +88,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    run(main, mpi=True)
