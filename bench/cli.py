@@ -93,26 +93,38 @@ def int_list(text: str) -> list[int]:
 
 
 def output_path(text: str) -> str:
-    """An argparse type for a results file: checked before any work, never created here
-    (bad input must not leave an empty file behind). '-' and character devices such as
-    /dev/null pass as they are."""
+    """An argparse type for a results file name ('-' for stdout); whether it can be written
+    is `unwritable()`'s question, asked before any work."""
     if text == "-":
         return text
     if not text.strip():
         raise argparse.ArgumentTypeError("expected a file name, got an empty string")
-    path = os.path.abspath(text)
-    if os.path.isdir(path):
+    if os.path.isdir(text):
         raise argparse.ArgumentTypeError(f"{text!r} is a directory")
-    if os.path.exists(path):
-        if not os.access(path, os.W_OK):
-            raise argparse.ArgumentTypeError(f"{text!r} is not writable")
-        return text
-    parent = os.path.dirname(path)
-    while not os.path.exists(parent):  # the first existing ancestor must let us create the rest
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"cannot create {text!r}: {parent} is not a writable directory")
     return text
+
+
+def unwritable(path: str | os.PathLike | None) -> str | None:
+    """Why results cannot be appended to `path`, or None. Makes missing parent folders and
+    probes them with a file of its own, but never creates `path` itself (bad input must not
+    leave an empty results file behind). Character devices (/dev/null) and pipes pass."""
+    if path is None or str(path) == "-":
+        return None
+    path = os.path.abspath(path)
+    try:
+        if os.path.exists(path):
+            if os.path.isdir(path):
+                return f"cannot write {path}: it is a directory"
+            with open(path, "ab"):
+                return None
+        parent = os.path.dirname(path)
+        os.makedirs(parent, exist_ok=True)
+        probe = os.path.join(parent, f".detr-write-probe-{os.getpid()}")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.unlink(probe)
+    except OSError as err:
+        return f"cannot write {path}: {err.strerror or err}"
+    return None
 
 
 def name_list(text: str) -> list[str]:

@@ -361,6 +361,9 @@ def main(argv=None) -> None:
         raise UsageError(f"--budget-s must be > 0 and < 3600, got {args.budget_s}")
     if args.min_iters > args.max_iters:
         raise UsageError(f"--min-iters {args.min_iters} exceeds --max-iters {args.max_iters}")
+    problem = cli.unwritable(args.out)
+    if problem:
+        raise UsageError(problem)
     torch.set_num_threads(1)
     comm = Communicator()
     if args.bench == "overhead":

@@ -19,7 +19,9 @@ the bytes on the wire when the network layer reports interface counters.
 
 from __future__ import annotations
 
+import argparse
 import gc
+from dataclasses import dataclass, field
 
 from parallelism import UsageError
 
@@ -49,20 +51,37 @@ def analytic(plan: H.Plan, cfg, size: int, batch: int, seq: int) -> dict:
     return out
 
 
+@dataclass
+class CommOptions(H.Options):
+    models: list[str] = field(default_factory=lambda: ["bert-base", "bert-large"])
+    world_sizes: list[int] = field(default_factory=lambda: [2, 4])
+    seqs: list[int] = field(default_factory=lambda: [128])
+    measure: str = "auto"
+
+
+def world_sizes(text: str) -> list[int]:
+    values = H.int_list(text)
+    if max(values) > H.options.MAX_RANKS:
+        raise argparse.ArgumentTypeError(f"device counts go up to {H.options.MAX_RANKS}, got {text!r}")
+    return values
+
+
 def make_parser():
     p = H.parser("comm", __doc__.strip(), H.Defaults(warmup=0, iters=1), EPILOG, shape=False)
     p.add_argument("--models", type=H.name_list, default=["bert-base", "bert-large"],
                    help="comma-separated presets (default bert-base,bert-large)")
-    p.add_argument("--world-sizes", type=H.int_list, default=[2, 4], help="device counts P (default 2,4)")
+    p.add_argument("--world-sizes", type=world_sizes, default=[2, 4],
+                   help=f"device counts P (default 2,4; at most {H.options.MAX_RANKS})")
     p.add_argument("--seqs", type=H.int_list, default=[128], help="sequence lengths (default 128)")
-    p.add_argument("--batch", type=H.positive_int, default=1, help="sequences per request (default 1)")
+    p.add_argument("--batch", type=H.cli.bounded_int(1, 65536, "a batch size"), default=1,
+                   help="sequences per request (default 1)")
     p.add_argument("--measure", choices=("auto", "never"), default="auto",
                    help="auto: also run for real when the world size equals P (default); never: formulas only")
     return p
 
 
 def main(argv=None) -> None:
-    args = H.parse(make_parser(), argv)
+    args = H.parse(make_parser(), argv, CommOptions)
     session = H.Session("comm", args)
     models = []
     for name in args.models:
@@ -100,7 +119,8 @@ def main(argv=None) -> None:
                 # The first P ranks measure on a sub-communicator; the others wait without spinning.
                 sub = session.comm.split(0 if session.rank < P else None, key=session.rank)
                 if sub is not None:
-                    measured = measure_all(session, sub, args, m, seq, plans)
+                    with session.point(f"{m.name} P={P} seq {seq}"):
+                        measured = measure_all(session, sub, args, m, seq, plans)
                     sub.free()
                 session.comm.idle_barrier()
             tp_bus = next((a["bus"]["total"] for plan, _, a, _ in results if plan.name == "tp" and a), None)
@@ -120,7 +140,8 @@ def main(argv=None) -> None:
                     bus_bytes_per_rank=got["bus"] if got else None,
                     messages_per_rank=got["messages"] if got else None,
                     wire_bytes_per_rank=got["wire"] if got else None,
-                    max_abs_err=got["max_abs_err"] if got else None)
+                    max_abs_err=got["max_abs_err"] if got else None,
+                    output_check=got["output_check"] if got else None)
                 record["world_size"] = P
                 session.emit(record)
                 rows.append([m.name, P, seq, plan.label,
@@ -156,15 +177,15 @@ def measure_all(session, comm, args, m, seq, plans) -> dict:
             continue
         cfg = m.config(decoupled)
         weights = m.weights(decoupled)
-        ref = H.serial_reference(session, cfg, weights, ids, mask, 0, 1, time_it=False, comm=comm)
+        ref = H.serial_reference(comm, cfg, weights, ids, mask, 0, 1, time_it=False)
         for plan in group:
             strategy = H.prepare(plan, cfg, weights, comm, ids, mask, strict=False, say=session.say)
             if strategy is None:
                 continue
             timing = H.measure(strategy, comm, ids, mask, args.warmup, args.iters, session.iface)
-            t = H.traffic(comm, timing.counters, args.iters)
+            t = H.timing.traffic_summaries(comm, timing.counters.by_op(), args.iters)
             t["wire"] = max(timing.wire["tx"]) if timing.wire else None
-            t["max_abs_err"] = H.max_abs_err(comm, timing.output, ref.output)
+            t.update(H.check_output(comm, timing.output, ref.output))
             out[plan.label] = t
             del strategy, timing
             gc.collect()

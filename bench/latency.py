@@ -15,6 +15,7 @@ decoupled model).
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 
 from parallelism import UsageError
 
@@ -39,6 +40,11 @@ bare_latency_s (mean of the slowest rank's time per forward, as for latency_s) a
 harness_overhead_ratio = latency_s.mean / bare_latency_s (target <= 1.02)."""
 
 
+@dataclass
+class LatencyOptions(H.Options):
+    compare_bare: bool = False
+
+
 def make_parser():
     p = H.parser("latency", DESCRIPTION, H.Defaults(warmup=2, iters=10), EPILOG)
     p.add_argument("--compare-bare", action="store_true",
@@ -47,16 +53,17 @@ def make_parser():
 
 
 def main(argv=None) -> None:
-    args = H.parse(make_parser(), argv)
+    args = H.parse(make_parser(), argv, LatencyOptions)
+    model = H.resolve_model(args.model, args.nb, args.ndiv, args.seed)
+    args.seq = args.seq or model.default_seq()
+    ids, mask = H.make_inputs(model.original, args.batch, args.seq, args.seed)
     session = H.Session("latency", args)
     if session.size == 1:
         session.say("running on 1 rank (P=1); for P ranks launch: mpiexec -n 4 python -m bench.latency")
-    model = H.resolve_model(args.model, args.nb, args.ndiv, args.seed)
-    ids, mask = H.make_inputs(model.original, args.batch, args.seq, args.seed)
     plans = H.select(args, model, session.size, say=session.say)
     if not plans:
         raise UsageError(f"no strategy fits {model.original.describe()} on {session.size} rank(s)")
-    explicit = bool(args.strategies)
+    explicit = args.explicit_strategies
     kinds = [d for d in (False, True) if any(p.decoupled == d for p in plans)]
     session.plan(len(plans) + len(kinds))
     session.say(f"bench.latency: {model.name}, batch {args.batch}, seq {args.seq}, P={session.size}, "
@@ -66,14 +73,16 @@ def main(argv=None) -> None:
         for decoupled in kinds:
             cfg = model.config(decoupled)
             weights = model.weights(decoupled)
-            ref = H.serial_reference(session, cfg, weights, ids, mask, args.warmup, args.iters)
+            with session.point(f"serial ({'decoupled' if decoupled else 'original'})"):
+                ref = H.serial_reference(session.comm, cfg, weights, ids, mask, args.warmup, args.iters)
             if not decoupled:
                 original_serial = ref.latency
             kind = "decoupled" if decoupled else "original"
             session.tick(f"serial ({kind}, rank 0): p50 {H.fmt_s(ref.latency['p50'])}")
             for plan in (p for p in plans if p.decoupled == decoupled):
-                result = run_one(session, args, model, cfg, weights, plan, ids, mask, ref, original_serial,
-                                 explicit)
+                with session.point(plan.label):
+                    result = run_one(session, args, model, cfg, weights, plan, ids, mask, ref, original_serial,
+                                     explicit)
                 session.point_done(plan.label, result, rows, point_summary)
             del weights
             gc.collect()
@@ -100,13 +109,14 @@ def run_one(session, args, model, cfg, weights, plan, ids, mask, ref, original_s
     fields, timing = H.measure_point(plan, strategy, comm, ids, mask, args.warmup, args.iters, args.batch,
                                      args.seq, session.iface, args.compare_bare)
     del strategy
-    err = H.max_abs_err(comm, timing.output, ref.output)
+    check = H.check_output(comm, timing.output, ref.output)
+    err = check["max_abs_err"]
     lat, serial = fields["latency_s"], ref.latency
     record = session.base_record(
         model, cfg, **fields, batch=args.batch, seq=args.seq, threads=args.threads,
         serial_latency_s=serial, speedup_vs_serial=serial["p50"] / lat["p50"],
         speedup_vs_original_serial=(original_serial["p50"] / lat["p50"]) if original_serial else None,
-        max_abs_err=err)
+        **check)
     if timing.bare_s is not None:
         record["bare_latency_s"] = timing.bare_s
         record["harness_overhead_ratio"] = lat["mean"] / timing.bare_s

@@ -15,6 +15,7 @@ TP, SP and BP run the whole set through every rank.
 from __future__ import annotations
 
 import gc
+from dataclasses import dataclass
 
 from parallelism import UsageError
 
@@ -39,16 +40,25 @@ def powers_of_two(limit: int) -> list[int]:
     return out
 
 
+@dataclass
+class ThroughputOptions(H.Options):
+    requests: int = 8
+    devices: list[int] | None = None
+
+
 def make_parser():
     p = H.parser("throughput", DESCRIPTION, H.Defaults(warmup=1, iters=3), EPILOG, batch=False)
-    p.add_argument("--requests", type=H.positive_int, default=8, help="requests in the set (default 8)")
+    p.add_argument("--requests", type=H.cli.bounded_int(1, 65536, "a request count"), default=8,
+                   help="requests in the set (default 8)")
     p.add_argument("--devices", type=H.int_list, default=None,
                    help="device counts to run, e.g. 1,2,4 (default: 1, 2, 4, ... and the world size)")
     return p
 
 
 def main(argv=None) -> None:
-    args = H.parse(make_parser(), argv)
+    args = H.parse(make_parser(), argv, ThroughputOptions)
+    model = H.resolve_model(args.model, args.nb, args.ndiv, args.seed)
+    args.seq = args.seq or model.default_seq()
     session = H.Session("throughput", args)
     world = session.comm
     devices = sorted(set(args.devices)) if args.devices else powers_of_two(world.size)
@@ -58,7 +68,6 @@ def main(argv=None) -> None:
     if world.size == 1:
         session.say("running on 1 rank: only P=1; for strong scaling launch: "
                     "mpiexec -n 4 python -m bench.throughput")
-    model = H.resolve_model(args.model, args.nb, args.ndiv, args.seed)
     ids, mask = H.make_inputs(model.original, args.requests, args.seq, args.seed)
     extra = {"micro_batches": args.micro_batches or args.requests}
     quiet_say = lambda message: None  # noqa: E731 - skips are reported once, at the largest P
@@ -76,7 +85,8 @@ def main(argv=None) -> None:
                 continue
             cfg = model.config(decoupled)
             weights = model.weights(decoupled)
-            ref = H.serial_reference(session, cfg, weights, ids, mask, 0, 1, time_it=False)
+            with session.point("serial reference"):
+                ref = H.serial_reference(world, cfg, weights, ids, mask, 0, 1, time_it=False)
             for P in devices:
                 plans = [p for p in grid[P] if p.decoupled == decoupled]
                 if not plans:
@@ -84,7 +94,9 @@ def main(argv=None) -> None:
                 sub = world.split(0 if world.rank < P else None, key=world.rank)
                 if sub is not None:
                     for plan in plans:
-                        result = run_point(session, args, model, cfg, weights, plan, sub, ids, mask, ref, P, base)
+                        with session.point(f"{plan.label} P={P}"):
+                            result = run_point(session, args, model, cfg, weights, plan, sub, ids, mask, ref, P,
+                                               base)
                         session.point_done(f"{plan.label} P={P}", result, rows, point_summary)
                     sub.free()
                 else:
@@ -113,7 +125,8 @@ def run_point(session, args, model, cfg, weights, plan, sub, ids, mask, ref, P, 
     fields, timing = H.measure_point(plan, strategy, sub, ids, mask, args.warmup, args.iters, args.requests,
                                      args.seq, session.iface)
     del strategy
-    err = H.max_abs_err(sub, timing.output, ref.output)
+    check = H.check_output(sub, timing.output, ref.output)
+    err = check["max_abs_err"]
     t = fields["latency_s"]["p50"]
     if P == 1:
         base[plan.label] = t
@@ -122,7 +135,7 @@ def run_point(session, args, model, cfg, weights, plan, sub, ids, mask, ref, P, 
     record = session.base_record(
         model, cfg, **fields, batch=args.requests, seq=args.seq, requests=args.requests, devices=P,
         launched_ranks=session.size, threads=args.threads, throughput_rps=args.requests / t,
-        efficiency=efficiency, speedup_vs_1=(t1 / t) if t1 else None, max_abs_err=err)
+        efficiency=efficiency, speedup_vs_1=(t1 / t) if t1 else None, **check)
     record["world_size"] = P  # the ranks that ran this point (launched_ranks: the whole job)
     row = [plan.label, P, H.fmt_s(t), f"{args.requests / t:.2f}",
            "-" if efficiency is None else f"{efficiency:.2f}", "-" if not t1 else f"{t1 / t:.2f}x",

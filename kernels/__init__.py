@@ -5,7 +5,7 @@ from .config import (FP32, PRESETS, ConfigError, ModelConfig, embedding_params, 
 from .layers import (EmbeddingWeights, LayerWeights, additive_mask, attention, attention_residual,
                      embed, ffn, ffn_residual, layer_forward, layer_norm, project_qkv)
 from .model import ReferenceModel, decoupled_layer_forward
-from .weights import (ModelWeights, config_from_checkpoint, init_embeddings, init_layer,
+from .weights import (LazyWeights, ModelWeights, config_from_checkpoint, init_embeddings, init_layer,
                       init_sub_block, init_weights, load_checkpoint)
 
 __all__ = [
@@ -15,6 +15,6 @@ __all__ = [
     "EmbeddingWeights", "LayerWeights", "additive_mask", "attention", "attention_residual", "embed",
     "ffn", "ffn_residual", "layer_forward", "layer_norm", "project_qkv",
     "ReferenceModel", "decoupled_layer_forward",
-    "ModelWeights", "config_from_checkpoint", "init_embeddings", "init_layer", "init_sub_block",
+    "LazyWeights", "ModelWeights", "config_from_checkpoint", "init_embeddings", "init_layer", "init_sub_block",
     "init_weights", "load_checkpoint",
 ]

@@ -31,6 +31,9 @@ class ModelWeights:
     def nbytes(self) -> int:
         return nbytes(self.embeddings) + sum(nbytes(w) for layer in self.layers for w in _blocks(layer))
 
+    def materialize(self) -> "ModelWeights":
+        return self
+
 
 def _blocks(layer: Layer) -> list[LayerWeights]:
     return layer if isinstance(layer, list) else [layer]
@@ -84,6 +87,47 @@ def init_layer(cfg: ModelConfig, seed: int, layer: int) -> Layer:
 
 def init_weights(cfg: ModelConfig, seed: int = 0) -> ModelWeights:
     return ModelWeights(init_embeddings(cfg, seed), [init_layer(cfg, seed, i) for i in range(cfg.layers)])
+
+
+class LazyLayers:
+    """`layers[i]` draws layer i afresh on every access and keeps nothing: a strategy that
+    takes its shard of each layer once holds only the shard (plus one layer in passing)."""
+
+    def __init__(self, cfg: ModelConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+
+    def __len__(self) -> int:
+        return self.cfg.layers
+
+    def __getitem__(self, index: int) -> Layer:
+        if not 0 <= index < self.cfg.layers:
+            raise IndexError(index)
+        return init_layer(self.cfg, self.seed, index)
+
+    def __iter__(self):
+        return (self[i] for i in range(self.cfg.layers))
+
+
+class LazyWeights:
+    """Seeded weights built on demand: each rank builds only what its strategy keeps.
+
+    Same values as `init_weights(cfg, seed)` (every tensor has its own seeded generator).
+    Strategies that hold the whole model call `materialize()`.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        self.cfg, self.seed = cfg, seed
+        self.layers = LazyLayers(cfg, seed)
+        self._embeddings = None
+
+    @property
+    def embeddings(self) -> EmbeddingWeights:
+        if self._embeddings is None:
+            self._embeddings = init_embeddings(self.cfg, self.seed)
+        return self._embeddings
+
+    def materialize(self) -> ModelWeights:
+        return ModelWeights(self.embeddings, list(self.layers))
 
 
 # -- real checkpoints ---------------------------------------------------------------

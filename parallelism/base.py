@@ -1,8 +1,9 @@
 """The strategy interface: a parallelization plan applied to the unchanged kernels.
 
-A strategy is built from a model config, its weights (a seeded init or a real
-checkpoint, already materialized as `ModelWeights`; the strategy keeps only
-what its rank needs), the counting communicator and its own options. All
+A strategy is built from a model config, its weights (`kernels.ModelWeights`, or
+`kernels.LazyWeights`, which draws each layer when the strategy takes it: a
+strategy keeps only what its rank needs, and one that needs everything calls
+`weights.materialize()`), the counting communicator and its own options. All
 ranks construct it with identical arguments.
 """
 

@@ -41,6 +41,7 @@ class DataParallel(Strategy):
 
     def __init__(self, cfg, weights, comm, **options):
         super().__init__(cfg, weights, comm, **options)
+        weights = weights.materialize()  # the whole model on every rank
         self.model = ReferenceModel(cfg, weights)
         self._bytes = weights.nbytes()
 

@@ -17,6 +17,7 @@ class Serial(Strategy):
 
     def __init__(self, cfg, weights, comm, **options):
         super().__init__(cfg, weights, comm, **options)
+        weights = weights.materialize()
         self.model = ReferenceModel(cfg, weights)
         self._bytes = weights.nbytes()
 

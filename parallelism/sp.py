@@ -37,6 +37,7 @@ class SequenceParallel(Strategy):
 
     def __init__(self, cfg, weights, comm, **options):
         super().__init__(cfg, weights, comm, **options)
+        weights = weights.materialize()  # the whole model on every rank
         self.embeddings, self.layers = weights.embeddings, weights.layers
         self._bytes = weights.nbytes()
 

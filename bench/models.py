@@ -1,0 +1,87 @@
+"""Which model a run uses: a preset or a checkpoint folder, its original and decoupled
+shapes, where its weights come from, and the inputs it is fed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from kernels import ConfigError, LazyWeights, ModelConfig, PRESETS, preset
+from kernels.weights import config_from_checkpoint, load_checkpoint
+from parallelism import UsageError
+
+DEFAULT_SEQ = 128
+
+
+@dataclass
+class Model:
+    """The model a run uses: its original shape, its decoupled shape (bp), and where weights come from."""
+    name: str
+    original: ModelConfig
+    decoupled: ModelConfig | None      # None when N_b/N_div do not fit this model
+    decoupled_error: str | None
+    checkpoint: Path | None
+    seed: int
+
+    def config(self, decoupled: bool) -> ModelConfig:
+        if not decoupled:
+            return self.original
+        if self.decoupled is None:
+            raise UsageError(self.decoupled_error)
+        return self.decoupled
+
+    def weights(self, decoupled: bool):
+        """Seeded weights are lazy (each rank draws only the layers its strategy keeps);
+        a checkpoint is read whole."""
+        if decoupled and self.checkpoint is not None:
+            raise UsageError(f"bp runs the decoupled model, which needs trained decoupled weights; "
+                             f"{self.checkpoint} is an original BERT checkpoint: use a preset (seeded weights)")
+        if self.checkpoint is not None:
+            return load_checkpoint(self.checkpoint)[1]
+        return LazyWeights(self.config(decoupled), self.seed)
+
+    def default_seq(self) -> int:
+        return min(DEFAULT_SEQ, self.original.max_positions)
+
+
+def default_blocks(layers: int) -> int:
+    if layers > 4 and layers % 4 == 0:
+        return 4
+    return max([d for d in range(1, layers) if layers % d == 0] or [1])
+
+
+def resolve_model(spec: str, nb: int | None = None, ndiv: int = 4, seed: int = 0) -> Model:
+    try:
+        if spec in PRESETS:
+            cfg, checkpoint = preset(spec), None
+        elif Path(spec).is_dir():
+            cfg, checkpoint = config_from_checkpoint(spec), Path(spec)
+        else:
+            raise UsageError(f"--model {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    decoupled, error = None, None
+    nb = default_blocks(cfg.layers) if nb is None else nb
+    try:
+        decoupled = cfg.replace(n_blocks=nb, n_div=ndiv)
+        if not decoupled.is_decoupled:
+            decoupled, error = None, (f"--nb {nb} equals the layer count {cfg.layers}: that is the original "
+                                      "model, bp needs N_b < layers")
+    except ConfigError as err:
+        error = f"decoupled {cfg.name} with --nb {nb} --ndiv {ndiv}: {err}"
+    if checkpoint is not None:
+        decoupled, error = None, (f"bp needs decoupled weights; {checkpoint} is an original BERT checkpoint "
+                                  "(use a preset)")
+    name = cfg.name if checkpoint is None else "/".join(checkpoint.resolve().parts[-2:])
+    return Model(name, cfg, decoupled, error, checkpoint, seed)
+
+
+def make_inputs(cfg: ModelConfig, batch: int, seq: int, seed: int = 0):
+    """Deterministic token ids (identical on every rank) and an all-ones mask."""
+    if seq > cfg.max_positions:
+        raise UsageError(f"--seq {seq} exceeds the model's max_positions {cfg.max_positions}")
+    gen = torch.Generator().manual_seed(seed + 7919)
+    ids = torch.randint(1, cfg.vocab, (batch, seq), generator=gen)
+    return ids, torch.ones(batch, seq, dtype=torch.long)
