@@ -243,6 +243,20 @@ def test_cpu_quota_quarter_slows_loop_4x(name):
     assert 0.25 * 0.85 <= share <= 0.25 * 1.15, (share, capped)
 
 
+@needs_root
+def test_gflops_target_sets_the_quota_from_a_measurement_and_status_measures_each_host(name):
+    proc = cluster("up", "--hosts", "2", "--rate", "1gbit", "--gflops", "40", name=name)
+    assert proc.returncode == 0 and "GFLOP/s per core" in proc.stdout, proc.stderr
+    status = json.loads(cluster("status", "--json", name=name).stdout)
+    device = status["device"]
+    assert device["target_gflops"] == 40 and device["quota"] == pytest.approx(40 / device["gflops_per_cpu_s"], rel=1e-3)
+    for host in status["host_list"]:
+        assert host["cpu"]["quota"] == pytest.approx(device["quota"], rel=1e-3)
+        assert host["speed"]["gflops"] > 0 and host["speed"]["wall_s"] >= 2     # measured over whole periods
+    proc = cluster("up", "--hosts", "2", "--rate", "1gbit", "--device", "pi4", "--cpu-quota", "0.5", name=name)
+    assert proc.returncode == 2 and "not --cpu-quota and --device" in proc.stderr
+
+
 # -- defects: interrupted runs and ups, damaged clusters, usage errors -------------------------
 
 RECORDING_JOB = """

@@ -128,3 +128,17 @@ def test_launch_command_lines():
     assert launch.cluster_run_command(["x"], 2, "dt1")[1:] == ["-m", "bench.cluster", "run", "--name", "dt1", "-n",
                                                                "2", "--", "x"]
     assert launch.cluster_shape_command("10mbit")[1:] == ["-m", "bench.cluster", "shape", "--rate", "10mbit"]
+
+
+def test_device_targets_and_quotas():
+    from bench.cluster import device as D
+    assert D.target_gflops("pi4", None) == D.DEVICES["pi4"] and D.target_gflops(None, "12.5") == 12.5
+    assert D.target_gflops(None, None) is None
+    for device, gflops in (("pi5", None), (None, "fast"), (None, "nan"), (None, "inf"), (None, "0"), ("pi4", "3")):
+        with pytest.raises(ValueError):
+            D.target_gflops(device, gflops)
+    assert D.device_quota(25.0, {"gflops_per_cpu_s": 100.0}, cores=2) == 0.25
+    with pytest.raises(ValueError):
+        D.device_quota(250.0, {"gflops_per_cpu_s": 100.0}, cores=2)    # more than the machine has
+    # the GEMMs are bert-base's four linears at s=128: 1.81 GFLOP
+    assert sum(2 * m * k * n for m, k, n in D.gemm_shapes()) == 2 * 128 * 768 * (3 * 768 + 768 + 2 * 3072)

@@ -11,7 +11,7 @@ import time
 
 from bench import cli, network as N
 
-from . import launch, lifecycle as L, net, state as S
+from . import device as D, launch, lifecycle as L, net, state as S
 from .cgroups import CpuQuota
 from .names import ClusterNames
 from .status import collect, render
@@ -48,20 +48,41 @@ def settle(names: ClusterNames, cpu: CpuQuota | None) -> bool:
 
 
 def parse_quotas(args, hosts: int) -> list | None:
-    if args.cpu_quota is not None and args.cpu_quotas is not None:
-        raise UsageError("give --cpu-quota or --cpu-quotas, not both")
+    given = [flag for flag, value in (("--cpu-quota", args.cpu_quota), ("--cpu-quotas", args.cpu_quotas),
+                                      ("--device", args.device), ("--gflops", args.gflops)) if value is not None]
+    if len(given) > 1:
+        raise UsageError(f"give one of --cpu-quota, --cpu-quotas, --device, --gflops (not {' and '.join(given)})")
     if args.cpu_quota is not None:
         return [N.parse_quota(args.cpu_quota)] * hosts
     return N.parse_quotas(args.cpu_quotas, hosts) if args.cpu_quotas is not None else None
 
 
+def device_quotas(args, hosts: int) -> tuple[list | None, dict | None]:
+    """--device / --gflops: measure this machine, return (quotas, device record); else (None, None)."""
+    target = D.target_gflops(args.device, args.gflops)
+    if target is None:
+        return None, None
+    try:
+        calibration = D.calibrate()
+    except (RuntimeError, ValueError) as err:
+        raise ClusterError(f"could not measure this machine's GEMM rate: {err}") from None
+    quota = D.device_quota(target, calibration, os.cpu_count() or 1)
+    print(f"this machine: {calibration['gflops_per_cpu_s']:.1f} GFLOP/s per core ({calibration['model']} "
+          f"s={calibration['seq']} linears, 1 thread); {target:g} GFLOP/s per host = CPU quota {quota:g}")
+    return [quota] * hosts, {"name": args.device, "target_gflops": target, "quota": quota,
+                             "gflops_per_cpu_s": round(calibration["gflops_per_cpu_s"], 2)}
+
+
 def cmd_up(args, names: ClusterNames) -> int:
     hosts = N.validate_hosts(args.hosts)
     rate_bit, burst = N.parse_rate(args.rate), N.parse_size(args.burst)
-    quotas = parse_quotas(args, hosts) or [None] * hosts
+    quotas = parse_quotas(args, hosts)
+    D.target_gflops(args.device, args.gflops)          # validate before anything is measured or made
     if args.subnet:
         net.parse_subnet(args.subnet)
-    cpu = require_root_and_tools(need_cgroup=any(q is not None for q in quotas))
+    cpu = require_root_and_tools(need_cgroup=quotas is not None or args.device or args.gflops)
+    device_q, device = device_quotas(args, hosts)
+    quotas = device_q or quotas or [None] * hosts
     cores = os.cpu_count() or 1
     if all(q is not None for q in quotas) and sum(quotas) > cores + 1e-9:
         print(f"warning: quotas add up to {sum(quotas):g} cores on a {cores}-core machine: "
@@ -74,6 +95,7 @@ def cmd_up(args, names: ClusterNames) -> int:
                              f"`python -m bench.cluster down --name {names.name}` first")
         if args.subnet and args.subnet != state["subnet"]:
             raise UsageError(f"cluster {names.name!r} is up on {state['subnet']}: run down first to change the subnet")
+        state["device"] = device
         L.apply_shape(state, rate_bit, burst, quotas, cpu)
         print(f"cluster {names.name!r} already up: {L.describe_line(state)}")
         return 0
@@ -86,6 +108,7 @@ def cmd_up(args, names: ClusterNames) -> int:
         raise UsageError(f"interface {sorted(clash)[0]} already exists and is not this cluster's")
     start = time.perf_counter()
     state = L.new_state(names, hosts, subnet, rate_bit, burst, quotas, cpu)
+    state["device"] = device
     L.make(names, state, cpu)
     print(f"cluster {names.name!r} up in {time.perf_counter() - start:.2f} s: {L.describe_line(state)}")
     return 0
@@ -121,10 +144,15 @@ def cmd_shape(args, names: ClusterNames) -> int:
     rate_bit = N.parse_rate(args.rate) if args.rate else None
     burst = N.parse_size(args.burst) if args.burst else None
     quotas = parse_quotas(args, state["hosts"])
+    if quotas is None:
+        quotas, device = device_quotas(args, state["hosts"])
+        state["device"] = device if quotas is not None else state.get("device")
+    else:
+        state["device"] = None
     if rate_bit is None and burst is not None:
         rate_bit = state["rate_bit"]
     if rate_bit is None and quotas is None:
-        raise UsageError("nothing to change: give --rate, --burst and/or --cpu-quota(s)")
+        raise UsageError("nothing to change: give --rate, --burst and/or --cpu-quota(s), --device, --gflops")
     if quotas is not None and cpu is None:
         raise UsageError("no cgroup cpu controller (v1 cpu mount or v2 cpu.max): CPU quotas unavailable")
     L.apply_shape(state, rate_bit, burst, quotas, cpu)
@@ -146,7 +174,7 @@ def cmd_status(args, names: ClusterNames) -> int:
     if state is None:
         raise ClusterError(f"cluster {names.name!r}: state folder {names.state_dir} has no readable state.json: "
                            "run down")
-    status = collect(state, cpu)
+    status = collect(state, cpu, measure=args.measure or bool(state.get("device")))
     status["up"] = True
     print(json.dumps(status) if args.json else render(status, state))
     return 0 if status["intact"] else 1
@@ -191,12 +219,17 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     up.add_argument("--burst", default=DEFAULT_BURST, help="tbf burst (default %(default)s)")
     up.add_argument("--cpu-quota", help="CPU quota of every host in cores (e.g. 0.45)")
     up.add_argument("--cpu-quotas", help="one quota per host, comma-separated (unequal devices)")
+    up.add_argument("--device", help=f"every host as fast as this device ({', '.join(D.DEVICES)}): a quota "
+                    "from this machine's measured GEMM rate (bench/cluster/device.py: the figures and sources)")
+    up.add_argument("--gflops", help="every host at this GEMM rate, GFLOP/s (a quota from this machine's measured rate)")
     up.add_argument("--subnet", help="private /24 for the hosts (default: first free in 10.213.0.0/16)")
     shape = sub.add_parser("shape", parents=[common], help="change rate/burst/quotas of a running cluster")
-    for flag in ("--rate", "--burst", "--cpu-quota", "--cpu-quotas"):
+    for flag in ("--rate", "--burst", "--cpu-quota", "--cpu-quotas", "--device", "--gflops"):
         shape.add_argument(flag, help=f"as for up ({flag[2:]})")
     status = sub.add_parser("status", parents=[common], help="what is up, qdiscs, quotas, counters; exit 1 unless intact")
     status.add_argument("--json", action="store_true", help="one JSON object")
+    status.add_argument("--measure", action="store_true",
+                        help="measure each host's GEMM rate (~3 s; always done for --device/--gflops clusters)")
     sub.add_parser("down", parents=[common], help="remove every namespace, link, qdisc, cgroup, file made")
     for verb, text in (("run", "launch CMD with one MPI rank per host (MPICH hydra)"),
                        ("exec", "run CMD in one host (its namespace and cgroup), no MPI")):
