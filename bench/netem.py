@@ -15,19 +15,18 @@ Where the kernel lacks netem the rate is still applied, and the command says whi
 missing and what could not be emulated.
 
 Exit codes: 0 done; 1 tc failed; 2 invalid arguments or not root (nothing changed);
-3 applied only in part (a qdisc is missing from the kernel).
+3 applied only in part (a qdisc is missing from the kernel); 130 Ctrl-C; 141 closed stdout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
 import subprocess
 import sys
 
-from bench import network as N
+from bench import cli, network as N
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -221,12 +220,11 @@ def act(args) -> dict:
                 "error": str(err)}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.netem", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    for verb in ("set", "show", "clear"):
-        p = sub.add_parser(verb)
+def make_parser() -> cli.ArgumentParser:
+    parser = cli.ArgumentParser(prog="python -m bench.netem", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="VERB")
+    for verb, text in (("set", "shape egress (root)"), ("show", "what is in force"), ("clear", "remove it (root)")):
+        p = sub.add_parser(verb, help=text)
         p.add_argument("--iface", help="interface (default $DETR_IFACE, else the default route's)")
         p.add_argument("--json", action="store_true", help="one JSON object per host")
         if verb == "set":
@@ -235,28 +233,34 @@ def main(argv=None) -> int:
             p.add_argument("--delay", help="added delay (netem), e.g. 2ms")
             p.add_argument("--jitter", help="delay jitter (netem), e.g. 0.5ms")
             p.add_argument("--loss", help="random loss (netem), e.g. 0.1%%")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def act_once_per_host(args) -> int:
+    """Under mpirun: the lowest rank of each processor name acts, rank 0 prints every host's line."""
+    from parallelism.comm import processor_name, world   # only here: importing it starts MPI
+    comm = world()
+    hosts = comm.allgather_object(processor_name())
+    result = act(args) if hosts.index(hosts[comm.rank]) == comm.rank else None
+    results = comm.gather_object(result)
+    code = comm.max_over_ranks(result["exit"] if result else EXIT_OK)
+    if comm.rank == 0:
+        for res in results:
+            if res is not None:
+                print(json.dumps(res) if args.json else render(res), flush=True)
+    return code
+
+
+def main(argv=None) -> int:
+    args = make_parser().parse_args(argv)
     if under_mpi():
-        from mpi4py import MPI
-        comm = MPI.COMM_WORLD
-        names = comm.allgather(MPI.Get_processor_name())
-        acts = names.index(names[comm.rank]) == comm.rank   # lowest rank on this host
-        result = act(args) if acts else None
-        results = comm.gather(result, root=0)
-        code = comm.allreduce(result["exit"] if result else 0, op=MPI.MAX)
-        if comm.rank == 0:
-            for res in results:
-                if res is not None:
-                    print(json.dumps(res) if args.json else render(res), flush=True)
-        return code
+        return act_once_per_host(args)
     result = act(args)
     if result["exit"] == EXIT_USAGE:
-        print(f"error: {result['error']}", file=sys.stderr)
-        return EXIT_USAGE
+        raise cli.CliError(result["error"])
     print(json.dumps(result) if args.json else render(result))
     return result["exit"]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.guard(main)

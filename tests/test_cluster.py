@@ -11,14 +11,16 @@ import json
 import os
 import random
 import shutil
+import signal
 import string
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bench import cluster as C
+from bench.cluster import CpuQuota, ClusterNames, lifecycle, state as cluster_state
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -30,7 +32,7 @@ def skip_reason() -> str | None:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             return f"`{tool}` not found (iproute2)"
-    if C.cgroup_layout() is None:
+    if CpuQuota.detect() is None:
         return "no cgroup cpu controller (v1 cpu mount or v2 cpu.max)"
     if subprocess.run(["ip", "netns", "list"], capture_output=True).returncode != 0:
         return "cannot list network namespaces"
@@ -52,7 +54,7 @@ def cluster(*args, name: str, env: dict | None = None, timeout: float = 120) -> 
 
 
 def leftovers(name: str) -> list[str]:
-    found = C.leftovers(name)
+    found = lifecycle.leftovers(ClusterNames(name))
     # qdiscs live on links: none of ours may remain on any link of the root namespace either.
     proc = subprocess.run(["tc", "-j", "qdisc", "show"], capture_output=True, text=True)
     found += [q["dev"] for q in json.loads(proc.stdout or "[]") if str(q.get("dev", "")).startswith(name)]
@@ -157,7 +159,7 @@ def test_down_kills_ranks_left_running(name, tmp_path):
                                 "sleep", "60"], cwd=ROOT)
     try:
         for _ in range(100):
-            if C.cgroup_pids(Path(C.load_state(name)["cgroups"][1])):
+            if CpuQuota.pids(Path(cluster_state.load(ClusterNames(name))["cgroups"][1])):
                 break
             subprocess.run(["sleep", "0.02"])
         assert cluster("down", name=name).returncode == 0
@@ -239,3 +241,127 @@ def test_cpu_quota_quarter_slows_loop_4x(name):
     # and the quota itself: the confined loop got a quarter of a core while it ran
     share = min(c / w for w, c in capped)
     assert 0.25 * 0.85 <= share <= 0.25 * 1.15, (share, capped)
+
+
+@needs_root
+def test_gflops_target_sets_the_quota_from_a_measurement_and_status_measures_each_host(name):
+    proc = cluster("up", "--hosts", "2", "--rate", "1gbit", "--gflops", "40", name=name)
+    assert proc.returncode == 0 and "GFLOP/s per core" in proc.stdout, proc.stderr
+    status = json.loads(cluster("status", "--json", name=name).stdout)
+    device = status["device"]
+    assert device["target_gflops"] == 40 and device["quota"] == pytest.approx(40 / device["gflops_per_cpu_s"], rel=1e-3)
+    for host in status["host_list"]:
+        assert host["cpu"]["quota"] == pytest.approx(device["quota"], rel=1e-3)
+        assert host["speed"]["gflops"] > 0 and host["speed"]["wall_s"] >= 2     # measured over whole periods
+    proc = cluster("up", "--hosts", "2", "--rate", "1gbit", "--device", "pi4", "--cpu-quota", "0.5", name=name)
+    assert proc.returncode == 2 and "not --cpu-quota and --device" in proc.stderr
+
+
+# -- defects: interrupted runs and ups, damaged clusters, usage errors -------------------------
+
+RECORDING_JOB = """
+import sys, time
+from parallelism.comm import Communicator
+comm = Communicator()
+path = f"{sys.argv[1]}.{comm.rank}"
+while True:                       # a rank that keeps writing records until it is killed
+    with open(path, "a") as handle:
+        handle.write("record\\n")
+    time.sleep(0.05)
+"""
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of every process whose command line contains `text` (found through /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def sizes(paths: list[Path]) -> list[int]:
+    return [p.stat().st_size if p.exists() else 0 for p in paths]
+
+
+@needs_root
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_run_ends_mpiexec_and_every_rank(name, tmp_path, sig):
+    assert cluster("up", "--hosts", "2", "--rate", "100mbit", name=name).returncode == 0
+    job, out = write_job(tmp_path, RECORDING_JOB), tmp_path / "records"
+    outputs = [Path(f"{out}.{rank}") for rank in range(2)]
+    run = subprocess.Popen([sys.executable, "-m", "bench.cluster", "run", "--name", name, "--",
+                            sys.executable, job, str(out)], cwd=ROOT)
+    try:
+        for _ in range(600):                       # both ranks are writing
+            if all(p.exists() for p in outputs):
+                break
+            time.sleep(0.05)
+        assert all(p.exists() for p in outputs), "the job never started"
+        run.send_signal(sig)
+        run.wait(timeout=10)
+        for _ in range(100):                       # within seconds: no mpiexec, no proxy, no rank
+            if not processes_mentioning(job):
+                break
+            time.sleep(0.1)
+        assert processes_mentioning(job) == []
+        before = sizes(outputs)
+        time.sleep(0.5)
+        assert sizes(outputs) == before            # nobody writes records any more
+    finally:
+        if run.poll() is None:
+            run.kill()
+        for pid in processes_mentioning(job):
+            os.kill(pid, signal.SIGKILL)
+
+
+@needs_root
+def test_status_of_a_damaged_cluster_exits_1_and_names_the_damage(name):
+    assert cluster("up", "--hosts", "2", "--rate", "100mbit", "--cpu-quota", "0.5", name=name).returncode == 0
+    assert cluster("status", name=name).returncode == 0
+    subprocess.run(["ip", "link", "del", "dev", f"{name}v1"], check=True)   # host 1 loses its link
+    proc = cluster("status", name=name)
+    assert proc.returncode == 1 and f"{name}v1" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    proc = cluster("status", "--json", name=name)
+    assert proc.returncode == 1 and not json.loads(proc.stdout)["intact"]
+
+
+@needs_root
+@pytest.mark.parametrize("then", ["status", "up", "down"])
+def test_sigkill_during_up_is_cleaned_by_the_next_command(name, then):
+    up = subprocess.Popen([sys.executable, "-m", "bench.cluster", "up", "--name", name, "--hosts", "3",
+                           "--rate", "100mbit", "--cpu-quota", "0.3"], cwd=ROOT, stderr=subprocess.PIPE,
+                          text=True, env={**os.environ, "DETR_CLUSTER_FAULT": "stall-host1"})
+    try:
+        line = up.stderr.readline()               # the hook says when host 1 is made
+        assert "stalled" in line, line
+        assert lifecycle.leftovers(ClusterNames(name)), "nothing was made before the stall"
+        up.kill()
+        up.wait(timeout=10)
+    finally:
+        if up.poll() is None:
+            up.kill()
+    if then == "status":
+        proc = cluster("status", name=name)
+        assert proc.returncode == 1 and "interrupted" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        assert leftovers(name) == []
+    elif then == "up":
+        proc = cluster("up", "--hosts", "2", "--rate", "10mbit", name=name)
+        assert proc.returncode == 0 and "interrupted" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+        assert json.loads(cluster("status", "--json", name=name).stdout)["intact"]
+        assert cluster("down", name=name).returncode == 0
+        assert leftovers(name) == []
+    else:
+        assert cluster("down", name=name).returncode == 0
+        assert leftovers(name) == []
+
+
+@pytest.mark.parametrize("args", [["up", "--name", "dtusage"], ["frobnicate"], ["run", "--name", "dtusage", "-n", "x"],
+                                  ["status", "--bogus"]])
+def test_argparse_errors_are_one_line_exit_2(args):
+    proc = subprocess.run([sys.executable, "-m", "bench.cluster", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr

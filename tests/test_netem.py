@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from bench import network as N
 from test_cluster import REASON, ROOT, cluster, leftovers, unique_name
 
-pytestmark = [pytest.mark.root, pytest.mark.slow,
-              pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+needs_root = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 
 
 @pytest.fixture(scope="module")
 def name():
+    if REASON is not None:
+        pytest.skip(REASON)
     name = unique_name()
     proc = cluster("up", "--hosts", "2", "--rate", "100mbit", name=name)
     assert proc.returncode == 0, proc.stderr
@@ -85,13 +90,36 @@ def test_invalid_arguments(name, args, word):
     assert shown(name) == before
 
 
-def test_not_root_is_a_clear_error():
+NETEM_FILES = ["bench/__init__.py", "bench/cli.py", "bench/netem.py", "bench/network.py"]
+
+
+@pytest.fixture
+def world_readable_copy():
+    """bench.netem's own files in a folder any user can read: the checkout may sit in a 0700 folder
+    (a home directory) that `nobody` cannot enter."""
+    folder = Path(tempfile.mkdtemp(prefix="detr-netem-"))
+    try:
+        for rel in NETEM_FILES:
+            (folder / rel).parent.mkdir(exist_ok=True)
+            shutil.copy(ROOT / rel, folder / rel)
+        for path in [folder, *folder.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        yield folder
+    finally:
+        shutil.rmtree(folder)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as the user nobody")
+def test_not_root_is_a_clear_error(world_readable_copy):
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv not installed: cannot drop root for this check")
-    proc = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", sys.executable,
-                           "-m", "bench.netem", "set", "--iface", "lo", "--rate", "10mbit"], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert proc.returncode == 2 and "needs root" in proc.stderr and proc.stderr.count("\n") == 1
+    python = os.path.realpath(sys.executable)     # the interpreter itself, not a venv folder nobody may enter
+    as_nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", python, "-E", "-s"]
+    if subprocess.run([*as_nobody, "-c", "pass"], cwd=world_readable_copy, capture_output=True).returncode != 0:
+        pytest.skip(f"user nobody cannot run {python}")
+    proc = subprocess.run([*as_nobody, "-m", "bench.netem", "set", "--iface", "lo", "--rate", "10mbit"],
+                          cwd=world_readable_copy, capture_output=True, text=True)
+    assert proc.returncode == 2 and "needs root" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
 def test_under_mpi_one_process_per_host_acts(name):
@@ -100,3 +128,20 @@ def test_under_mpi_one_process_per_host_acts(name):
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     assert sorted(r["host"] for r in lines) == [f"{name}-h0", f"{name}-h1"]
+
+
+@pytest.mark.parametrize("args", [["set", "--bogus"], ["frobnicate"], []])
+def test_argparse_errors_are_one_line_exit_2(args):
+    proc = subprocess.run([sys.executable, "-m", "bench.netem", *args], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_closed_stdout_exits_141_without_traceback():
+    read_end, write_end = os.pipe()
+    os.close(read_end)                                  # `... | head -0`: nobody reads
+    try:
+        proc = subprocess.run([sys.executable, "-m", "bench.netem", "show", "--iface", "lo"], cwd=ROOT,
+                              stdout=write_end, stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr

@@ -1,0 +1,143 @@
+"""Device speed of an emulated host: the rate at which it runs the model's GEMMs.
+
+    python -m bench.cluster.device [--seconds 2] [--json]   # this process's GEMM rate (1 thread)
+    python -m bench.cluster up --hosts 4 --rate 100mbit --device pi4   # every host at a Pi 4B's rate
+    python -m bench.cluster up --hosts 4 --rate 100mbit --gflops 12    # any target, GFLOP/s per host
+
+The GEMMs are the four linears of one bert-base layer at seq 128, batch 1 (fused qkv 768->2304,
+attention output 768->768, FFN 768->3072 and 3072->768: 1.81 GFLOP), fp32, one thread, as every
+rank of the emulated cluster runs them. `up` measures their rate per CPU-second on this machine
+(CPU time, so that other load on the machine does not lower it) and gives each host the CPU
+quota target / rate. A CFS quota runs a host at full speed for quota x 100 ms and then stops
+it for the rest of each 100 ms period, so the achieved rate is measured over whole seconds
+(many periods), never over one GEMM; `status` measures it inside each host.
+
+The Raspberry Pi 4B figure is an ESTIMATE, not a measurement of PyTorch on a Pi:
+  peak: 4 Cortex-A72 cores x 1.5 GHz x 8 fp32 FLOP per cycle (one 4-wide NEON FMA per cycle;
+        vfpbench measured 7.94 fp32 FLOP/cycle on one A72 core, wlog.flatlib.jp 2015-10-30)
+        = 48 GFLOP/s;
+  achieved fraction: 0.49, what High-Performance Linpack (fp64, GEMM-bound) reaches on a Pi 4B
+        at 1.5 GHz with OpenBLAS: 11.68 of 24 fp64 GFLOP/s (4 cores x 1.5 GHz x 4 fp64 FLOP per
+        cycle; github.com/geerlingguy/top500-benchmark issue 15); with BLIS 12.4-14.2
+        (github.com/OpenMathLib/OpenBLAS issue 2230, 0.52-0.59);
+  pi4 = 48 x 0.49 = 23.5 GFLOP/s for the whole board (its 4 cores), which the emulated host
+  delivers with one thread under a quota. Replace it with a measurement of `python -m
+  bench.cluster.device` under 4 threads on a real Pi (--gflops) when you have one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+DEVICES = {"pi4": 23.5}          # GFLOP/s per board (see above: an estimate)
+MODEL, SEQ = "bert-base", 128
+
+
+def gemm_shapes(model: str = MODEL, seq: int = SEQ) -> list[tuple[int, int, int]]:
+    """(tokens, in, out) of each linear of one layer of `model`."""
+    from kernels.config import preset
+    cfg = preset(model)
+    h, f = cfg.hidden, cfg.ffn
+    return [(seq, h, 3 * h), (seq, h, h), (seq, h, f), (seq, f, h)]
+
+
+def measure(seconds: float = 2.0, warmup: float = 0.3, model: str = MODEL, seq: int = SEQ) -> dict:
+    """Run the layer's linears back to back for `seconds` of wall time (after `warmup`):
+    {gflops: per wall second, gflops_per_cpu_s: per second of this thread's CPU time, ...}."""
+    import torch
+    import torch.nn.functional as F
+    torch.set_num_threads(1)
+    gen = torch.Generator().manual_seed(0)
+    shapes = gemm_shapes(model, seq)
+    inputs = [torch.randn(m, k, generator=gen) for m, k, _ in shapes]
+    weights = [torch.randn(n, k, generator=gen) * k ** -0.5 for _, k, n in shapes]   # [out, in] like nn.Linear
+    flop_per_set = sum(2 * m * k * n for m, k, n in shapes)
+
+    def one_set():
+        for x, w in zip(inputs, weights):
+            F.linear(x, w)
+
+    end = time.perf_counter() + warmup
+    while time.perf_counter() < end:
+        one_set()
+    sets, start, cpu_start = 0, time.perf_counter(), time.thread_time()
+    while time.perf_counter() - start < seconds:
+        one_set()
+        sets += 1
+    wall, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
+    return {"gflops": sets * flop_per_set / wall / 1e9, "gflops_per_cpu_s": sets * flop_per_set / cpu / 1e9,
+            "wall_s": wall, "cpu_s": cpu, "sets": sets, "gflop_per_set": flop_per_set / 1e9,
+            "shapes": shapes, "model": model, "seq": seq}
+
+
+def measure_command(seconds: float, repeat: int = 1) -> list[str]:
+    return [sys.executable, "-m", "bench.cluster.device", "--json", "--seconds", str(seconds), "--repeat", str(repeat)]
+
+
+def parse_result(proc: subprocess.CompletedProcess) -> dict:
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout or "").strip().splitlines()
+        raise RuntimeError(lines[-1] if lines else f"exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def calibrate() -> dict:
+    """This machine's GEMM rate per CPU-second, one thread, outside any emulated host: the
+    fastest of 5 runs of 0.4 s (in a fresh process, so that bench.cluster never imports torch)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return parse_result(subprocess.run(measure_command(0.4, 5), capture_output=True, text=True, env=env))
+
+
+def target_gflops(device: str | None, gflops: str | None) -> float | None:
+    """The per-host target of --device NAME or --gflops X (ValueError if invalid), else None."""
+    if device is not None and gflops is not None:
+        raise ValueError("give --device or --gflops, not both")
+    if device is not None:
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r} (known: {', '.join(DEVICES)}; or --gflops X)")
+        return DEVICES[device]
+    if gflops is None:
+        return None
+    try:
+        value = float(gflops)
+    except ValueError:
+        value = float("nan")
+    if not 0.1 <= value <= 10_000:         # also rejects nan and inf
+        raise ValueError(f"invalid --gflops {gflops!r}: expected GFLOP/s per host from 0.1 to 10000")
+    return value
+
+
+def device_quota(target: float, calibration: dict, cores: int) -> float:
+    """The CPU quota (cores) at which a host runs the GEMMs at `target` GFLOP/s."""
+    per_core = calibration["gflops_per_cpu_s"]
+    quota = target / per_core
+    if not 0.01 <= quota <= cores:
+        raise ValueError(f"{target:g} GFLOP/s per host needs a quota of {quota:.3g} cores at this machine's "
+                         f"{per_core:.1f} GFLOP/s per core: outside 0.01 to {cores}")
+    return round(quota, 4)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cluster.device", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured wall time (default %(default)s)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure this many times, keep the fastest per CPU-second (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    args = parser.parse_args(argv)
+    runs = [measure(min(max(args.seconds, 0.1), 60.0)) for _ in range(min(max(args.repeat, 1), 20))]
+    result = max(runs, key=lambda r: r["gflops_per_cpu_s"])   # other load only ever slows a run down
+    result["runs_gflops_per_cpu_s"] = [round(r["gflops_per_cpu_s"], 2) for r in runs]
+    print(json.dumps(result) if args.json else
+          f"{result['gflops']:.1f} GFLOP/s ({result['gflops_per_cpu_s']:.1f} per CPU-second) over "
+          f"{result['wall_s']:.2f} s: {result['model']} s={result['seq']} linears, 1 thread")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""Launching MPI jobs on emulated hosts (and on real ones over ssh): the command lines and the
+environment, shared by `bench.cluster run`, `bench.sweep` and the ssh path. Standard library
+only (bench.sweep must not import mpi4py or torch).
+
+    mpiexec_path()                             MPICH's mpiexec next to this Python, else on PATH
+    mpi_env(state, wait)                       the variables every rank on an emulated host needs
+    agent_command(state, n, cmd)               mpiexec through the cluster's launcher agent
+    hostfile_command(hostfile, n, cmd, ...)    mpiexec -f HOSTFILE over ssh (real or emulated hosts)
+    local_command(n, cmd)                      mpiexec -n N on this machine
+    cluster_run_command(cmd, n, name)          python -m bench.cluster run ... (for bench.sweep)
+    cluster_shape_command(rate, name)          python -m bench.cluster shape --rate R
+    supervise(cmd, env)                        run a launcher so that killing us ends it and its ranks
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from .names import NS_IFACE, ClusterNames
+from .system import UsageError
+
+PR_SET_PDEATHSIG = 1
+GRACE_S = 5.0          # after Ctrl-C / SIGTERM, how long MPI may take to end its ranks itself
+
+
+def mpiexec_path() -> str:
+    here = Path(sys.executable).parent / "mpiexec"
+    if here.exists():
+        return str(here)
+    found = shutil.which("mpiexec")
+    if not found:
+        raise UsageError("mpiexec not found next to python or on PATH (pip install mpich, or put MPICH's mpiexec "
+                         "on PATH)")
+    return found
+
+
+def mpi_env(state: dict, wait: str = "sleep") -> dict:
+    """What each rank on an emulated host needs: MPI over TCP on the shaped eth0 (MPICH's default
+    UCX transport would move the bytes through shared memory), the interface the drivers read
+    counters and tc state from, the communicator's wait mode, and gloo on the same links."""
+    env = {"MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": NS_IFACE,
+           "DETR_IFACE": NS_IFACE, "DETR_COMM_WAIT": wait, "DETR_CLUSTER": state["name"],
+           "GLOO_SOCKET_IFNAME": NS_IFACE, "TP_SOCKET_IFNAME": NS_IFACE,
+           "MASTER_ADDR": state["addrs"][0], "DETR_MASTER_ADDR": state["addrs"][0],
+           "MASTER_PORT": os.environ.get("MASTER_PORT", str(20000 + os.getpid() % 20000)),
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # Sleep-mode waits run allreduces as MPI_Iallreduce. MPICH's automatic choice for it
+    # (recursive halving/doubling) lost to gloo's ring on these shaped links: 1 MiB on 4 hosts,
+    # ours/gloo 1.19 at 10 Mbit/s and 1.04-1.09 at 100 Mbit/s; its ring algorithm: 0.98 and 1.00
+    # (1 Gbit/s: equal; only 64 KiB at 1 Gbit/s lost ~1 ms to the ring's extra steps).
+    env["MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM"] = os.environ.get("MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM", "tsp_ring")
+    return env
+
+
+def rank_env(state: dict, wait: str = "sleep") -> dict:
+    """The launcher's whole environment: ours, this Python's bin folder first on PATH, and
+    mpi_env (DETR_HOST and DETR_CPU_QUOTA are set per host by the agent)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DETR_CPU_QUOTA", "DETR_HOST")}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(mpi_env(state, wait))
+    return env
+
+
+def agent_command(state: dict, n: int, cmd: list[str]) -> list[str]:
+    """MPICH hydra with the cluster's agent as its ssh: one rank per host on the first n hosts."""
+    agent = ClusterNames(state["name"]).state_dir / "agent"
+    return [mpiexec_path(), "-launcher", "ssh", "-launcher-exec", str(agent), "-iface", state["bridge"],
+            "-hosts", ",".join(state["netns"][:n]), "-n", str(n), *cmd]
+
+
+def hostfile_command(hostfile: str | Path, n: int, cmd: list[str], iface: str | None = None,
+                     env: dict | None = None) -> list[str]:
+    """MPICH hydra over real ssh: `mpiexec -f HOSTFILE -launcher ssh [-iface IFACE] -genv K V ...
+    -n N CMD`. `iface`: the launching machine's interface the hosts reach it on (on Pis eth0; on
+    the emulated cluster its bridge)."""
+    out = [mpiexec_path(), "-f", str(hostfile), "-launcher", "ssh"]
+    out += ["-iface", iface] if iface else []
+    for key, value in (env or {}).items():
+        out += ["-genv", key, value]
+    return out + ["-n", str(n), *cmd]
+
+
+def local_command(n: int, cmd: list[str]) -> list[str]:
+    return [mpiexec_path(), "-n", str(n), *cmd]
+
+
+def cluster_run_command(cmd: list[str], n: int | None = None, name: str | None = None) -> list[str]:
+    return ([sys.executable, "-m", "bench.cluster", "run"] + (["--name", name] if name else []) +
+            (["-n", str(n)] if n else []) + ["--", *cmd])
+
+
+def cluster_shape_command(rate: str, name: str | None = None) -> list[str]:
+    return [sys.executable, "-m", "bench.cluster", "shape"] + (["--name", name] if name else []) + ["--rate", rate]
+
+
+class _Signalled(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum, _frame):
+    raise _Signalled(signum)
+
+
+def _die_with(parent: int):
+    """preexec_fn: the child gets SIGKILL when `parent` dies, however it dies (even by SIGKILL).
+    hydra's proxies notice their mpiexec is gone and kill their ranks."""
+    def arm():
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:      # the parent died before the line above
+            os._exit(1)
+    return arm
+
+
+def supervise(cmd: list[str], env: dict) -> int:
+    """Run `cmd` (mpiexec, the agent) and return its exit code. Killing this process ends it:
+    SIGTERM, SIGHUP or Ctrl-C are passed on as SIGINT (MPI ends its ranks itself) with
+    GRACE_S to finish, then SIGKILL; SIGKILL of this process kills it through PR_SET_PDEATHSIG."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_signalled)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with(os.getpid()))
+    try:
+        return proc.wait()
+    except (_Signalled, KeyboardInterrupt) as err:
+        signum = err.signum if isinstance(err, _Signalled) else signal.SIGINT
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return 128 + signum
