@@ -14,6 +14,8 @@ themselves (shared memory, not copies) and their outputs are compared with ours
 
 from __future__ import annotations
 
+import argparse
+
 import statistics
 import sys
 import time
@@ -121,26 +123,44 @@ def time_interleaved(impls: dict, ids, mask, warmup: int, iters: int) -> dict[st
     return times
 
 
+MAX_THREADS = 256
+
+
+def thread_counts(text: str) -> list[int]:
+    values = cli.int_list(text)
+    if max(values) > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"thread counts go up to {MAX_THREADS}, got {text!r}")
+    return values
+
+
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m bench.kernels", description=__doc__)
     parser.add_argument("--models", type=cli.name_list, default=["bert-base", "bert-large", "minilm-l6"],
                         help="comma-separated presets (default: bert-base,bert-large,minilm-l6)")
-    parser.add_argument("--threads", type=cli.int_list, default=[1, 2], help="torch thread counts (default: 1,2)")
-    parser.add_argument("--seq", type=cli.positive_int, default=128, help="tokens per request (default: %(default)s)")
-    parser.add_argument("--batch", type=cli.positive_int, default=1, help="requests per forward (default: %(default)s)")
-    parser.add_argument("--warmup", type=cli.nonneg_int, default=3, help="untimed rounds (default: %(default)s)")
-    parser.add_argument("--iters", type=cli.positive_int, default=10,
+    parser.add_argument("--threads", type=thread_counts, default=[1, 2],
+                        help=f"torch thread counts, at most {MAX_THREADS} (default: 1,2)")
+    parser.add_argument("--seq", type=cli.bounded_int(1, 65536, "a sequence length"), default=128,
+                        help="tokens per request (default: %(default)s)")
+    parser.add_argument("--batch", type=cli.bounded_int(1, 65536, "a batch size"), default=1,
+                        help="requests per forward (default: %(default)s)")
+    parser.add_argument("--warmup", type=cli.bounded_int(0, 100_000, "a warm-up count"), default=3,
+                        help="untimed rounds (default: %(default)s)")
+    parser.add_argument("--iters", type=cli.bounded_int(1, 100_000, "an iteration count"), default=10,
                         help="timed rounds; the median is reported (default: %(default)s)")
     parser.add_argument("--no-hf", action="store_true", help="skip the Hugging Face BertModel peer")
-    parser.add_argument("--out", help="append one JSON line per (model, threads) to this file (atomic appends)")
+    parser.add_argument("--out", type=cli.output_path,
+                        help="append one JSON line per (model, threads) to this file (atomic appends)")
     args = parser.parse_args(argv)
     try:
         models = [K.preset(name) for name in args.models]
     except K.ConfigError as err:
-        raise cli.CliError(str(err)) from None
+        raise cli.UsageError(str(err)) from None
     too_long = [cfg.name for cfg in models if args.seq > cfg.max_positions]
     if too_long:
-        raise cli.CliError(f"--seq {args.seq} exceeds the max positions of {', '.join(too_long)}")
+        raise cli.UsageError(f"--seq {args.seq} exceeds the max positions of {', '.join(too_long)}")
+    problem = cli.unwritable(args.out)  # before the run, not after minutes of timing
+    if problem:
+        raise cli.UsageError(problem)
 
     from tabulate import tabulate
     rows = []
@@ -186,4 +206,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    cli.guard(main)
+    cli.run(main)

@@ -81,6 +81,9 @@ class Session:
         torch.set_num_threads(opts.threads)
         self.comm = comm or make_comm(opts.wait)
         self.rank, self.size = self.comm.rank, self.comm.size
+        # Armed from here to finish(): a rank stopped before the first collective hangs it too.
+        self.watchdog = Watchdog(opts.timeout, self.rank)
+        self.watchdog.arm("start-up")
         self.quiet = opts.quiet
         self.out = Path(opts.out) if opts.out else \
             Path("results") / f"{bench}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl"
@@ -104,7 +107,6 @@ class Session:
         self.rate = opts.rate or _rate_from(nets)
         self.written, self.failed = 0, []
         self.start, self.total, self.done = perf_counter(), 0, 0
-        self.watchdog = Watchdog(opts.timeout, self.rank)
 
     def _check_writable(self) -> str | None:
         return unwritable(self.out) or unwritable(self.opts.csv)
@@ -126,12 +128,12 @@ class Session:
 
     @contextmanager
     def point(self, what: str):
-        """A measured point under the watchdog."""
+        """A measured point: it may take up to --timeout, and so may the step after it."""
         self.watchdog.arm(what)
         try:
             yield
         finally:
-            self.watchdog.disarm()
+            self.watchdog.arm(f"the step after {what}")
 
     def point_done(self, name: str, result, rows: list, summary) -> None:
         """Record one finished point: append its record, keep its table row, print progress.
@@ -176,6 +178,7 @@ class Session:
     def finish(self) -> None:
         """Say where the records went; a wrong output (NaN, inf, wrong shape) fails the run
         (exit 1) after every record was written."""
+        self.watchdog.disarm()
         if self.written:
             self.say(f"\n{self.written} record(s) appended to {self.out}")
         if self.failed:

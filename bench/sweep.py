@@ -14,40 +14,41 @@ Arguments after `--` go to every driver run. For --bench throughput the
 --batches values are the request-set sizes (--requests).
 
 Resumable: every record a point writes carries the tag sweep_point=<key>; a
-point whose job finished is listed in <out>.points; points found there (or
-with records in --out) are skipped. Rates need --launcher cluster: a local
-launch cannot shape the network.
+point counts as done only once its whole job finished (exit 0) and is listed in
+<out>.points; a point that was cut off is measured again (its partial records
+stay in --out, tagged with its key). Rates need --launcher cluster: a local
+launch cannot shape the network. Killing the sweep (Ctrl-C, SIGTERM, even
+SIGKILL) ends the running job and its ranks.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
-import subprocess
 import sys
 import time
 from itertools import product
 from pathlib import Path
 
 from . import records
-from .cli import ArgumentParser, CliError, guard
+from .cli import ArgumentParser, UsageError, bounded_int, output_path, run
+from .cluster.launch import cluster_run_command, cluster_shape_command, local_command, supervise
+from .network import parse_rate
 
-RATE = re.compile(r"^\d+(\.\d+)?(bit|kbit|mbit|gbit|tbit|bps|kbps|mbps|gbps)$", re.IGNORECASE)
+MAX_MARKER_BYTES = 64 * 1024**2  # <out>.points holds one short line per finished point
 
 
 def csv_of(kind, text):
     items = [v.strip() for v in text.split(",") if v.strip()]
     if not items:
-        raise CliError(f"empty list {text!r}")
+        raise UsageError(f"empty list {text!r}")
     if kind is int:
         try:
             values = [int(v) for v in items]
         except ValueError:
-            raise CliError(f"expected comma-separated positive integers, got {text!r}") from None
-        if any(v < 1 for v in values):
-            raise CliError(f"expected comma-separated positive integers, got {text!r}")
+            raise UsageError(f"expected comma-separated positive integers, got {text!r}") from None
+        if any(not 1 <= v <= 1_000_000 for v in values):
+            raise UsageError(f"expected comma-separated integers from 1 to 1000000, got {text!r}")
         return values
     return items
 
@@ -56,7 +57,7 @@ def make_parser():
     p = ArgumentParser(prog="python -m bench.sweep", description=__doc__.strip())
     p.add_argument("--bench", choices=("latency", "throughput"), default="latency",
                    help="driver to run at every point (default latency)")
-    p.add_argument("-n", "--ranks", type=int, default=None,
+    p.add_argument("-n", "--ranks", type=bounded_int(1, 4096, "a rank count"), default=None,
                    help="ranks per job (local: default 4; cluster: passed to bench.cluster run -n, "
                         "default one per emulated host)")
     p.add_argument("--launcher", choices=("local", "cluster"), default="local",
@@ -67,37 +68,36 @@ def make_parser():
                    help="comma-separated batch sizes (throughput: request-set sizes) (default 1)")
     p.add_argument("--rates", default=None,
                    help="comma-separated link rates, e.g. 10mbit,50mbit,100mbit,1gbit (needs --launcher cluster)")
-    p.add_argument("--out", default=None, help="JSONL result file shared by all points (default results/sweep-<time>.jsonl)")
+    p.add_argument("--out", type=output_path, default=None,
+                   help="JSONL result file shared by all points, a regular file (default results/sweep-<time>.jsonl)")
     p.add_argument("--keep-going", action="store_true", help="go on after a failed point (exit 1 at the end)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.add_argument("driver_args", nargs="*", help="after `--`: arguments for every driver run")
     return p
 
 
-def mpiexec() -> str:
-    here = Path(sys.executable).parent / "mpiexec"
-    found = str(here) if here.exists() else shutil.which("mpiexec")
-    if not found:
-        raise CliError("mpiexec not found next to python or on PATH (pip install mpich, or use --launcher cluster)")
-    return found
-
-
 def point_key(bench, model, seq, batch, rate, ranks) -> str:
     return f"{bench}|{model}|seq={seq}|batch={batch}|rate={rate or '-'}|n={ranks}"
 
 
-def done_points(out: Path) -> set[str]:
-    done = set()
+def check_out(out: Path) -> None:
+    """The sweep resumes from files next to --out: they must be regular files of sane size
+    (not /dev/zero, /dev/full or a pipe)."""
+    for path in (out, Path(str(out) + ".points")):
+        if path.exists() and not path.is_file():
+            raise UsageError(f"--out {out}: {path} is not a regular file (the sweep resumes from it)")
     marker = Path(str(out) + ".points")
-    if marker.exists():
-        for rec in records.read_records(marker, warn=False):
-            done.add(rec.get("point"))
-    if out.exists():
-        for rec in records.read_records(out, warn=False):
-            key = (rec.get("tags") or {}).get("sweep_point")
-            if key:
-                done.add(key)
-    return done
+    if marker.exists() and marker.stat().st_size > MAX_MARKER_BYTES:
+        raise UsageError(f"{marker} is larger than {MAX_MARKER_BYTES // 1024**2} MiB: not a sweep's list of points")
+
+
+def done_points(out: Path) -> set[str]:
+    """Points whose job finished: the only proof is their line in <out>.points (a point with
+    some records in --out may have been cut off half-way)."""
+    marker = Path(str(out) + ".points")
+    if not marker.exists():
+        return set()
+    return {rec.get("point") for rec in records.read_records(marker, warn=False)}
 
 
 def driver_command(args, model, seq, batch, rate, key, out) -> list[str]:
@@ -108,9 +108,8 @@ def driver_command(args, model, seq, batch, rate, key, out) -> list[str]:
         cmd += ["--rate", rate]
     cmd += args.driver_args
     if args.launcher == "cluster":
-        ranks = ["-n", str(args.ranks)] if args.ranks else []
-        return [sys.executable, "-m", "bench.cluster", "run", *ranks, "--", *cmd]
-    return [mpiexec(), "-n", str(args.ranks or 4), *cmd]
+        return cluster_run_command(cmd, args.ranks)
+    return local_command(args.ranks or 4, cmd)
 
 
 def main(argv=None) -> int:
@@ -119,17 +118,19 @@ def main(argv=None) -> int:
     batches = csv_of(int, args.batches)
     rates = csv_of(str, args.rates) if args.rates else [None]
     for rate in rates:
-        if rate is not None and not RATE.match(rate):
-            raise CliError(f"--rates: {rate!r} is not a rate like 10mbit, 500kbit, 1gbit")
+        if rate is not None:
+            try:
+                parse_rate(rate)
+            except ValueError as err:
+                raise UsageError(f"--rates: {err}") from None
     if args.rates and args.launcher != "cluster":
-        raise CliError("--rates needs --launcher cluster: a local launch cannot shape the network "
+        raise UsageError("--rates needs --launcher cluster: a local launch cannot shape the network "
                        "(bring up the emulated cluster with python -m bench.cluster up)")
-    if args.ranks is not None and args.ranks < 1:
-        raise CliError(f"-n must be >= 1, got {args.ranks}")
     for flag in ("--out", "--model", "--seq", "--batch", "--requests", "--rate"):
         if flag in args.driver_args:
-            raise CliError(f"{flag} is set by the sweep for every point; do not pass it after --")
+            raise UsageError(f"{flag} is set by the sweep for every point; do not pass it after --")
     out = Path(args.out or f"results/sweep-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl")
+    check_out(out)
     done = done_points(out)
     points = [(m, s, b, r) for r, m, s, b in product(rates, models, seqs, batches)]  # rate outermost
     ranks_label = args.ranks or (4 if args.launcher == "local" else "all")
@@ -140,25 +141,25 @@ def main(argv=None) -> int:
     for index, (model, seq, batch, rate) in enumerate(todo, 1):
         key = point_key(args.bench, model, seq, batch, rate, ranks_label)
         if args.launcher == "cluster" and rate and rate != shaped:
-            shape = [sys.executable, "-m", "bench.cluster", "shape", "--rate", rate]
+            shape = cluster_shape_command(rate)
             print("$ " + " ".join(shape), flush=True)
             if not args.dry_run:
-                if subprocess.run(shape).returncode:
-                    raise CliError(f"could not shape the emulated cluster to {rate} (is it up?)")
+                if supervise(shape, dict(os.environ)):
+                    raise UsageError(f"could not shape the emulated cluster to {rate} (is it up?)")
             shaped = rate
         cmd = driver_command(args, model, seq, batch, rate, key, out)
         print("$ " + " ".join(cmd), flush=True)
         if args.dry_run:
             continue
         t0 = time.monotonic()
-        code = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
+        code = supervise(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"})
         if code == 0:
             records.append_jsonl(str(out) + ".points", {"point": key, "utc_time": records.utc_now(),
                                                         "seconds": round(time.monotonic() - t0, 3)})
         else:
             failed.append(key)
             print(f"point {key} failed (exit {code})", file=sys.stderr, flush=True)
-            if code in (130, -2) or not args.keep_going:
+            if code >= 128 or code < 0 or not args.keep_going:  # killed or interrupted: stop
                 print(f"stopping; finished points are kept in {out} (rerun to resume)", file=sys.stderr)
                 return 1
         elapsed = time.monotonic() - start
@@ -172,4 +173,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    guard(main)
+    run(main)

@@ -1,36 +1,21 @@
 """Interchangeable parallelism strategies over the kernels, all through one counting communicator.
 
-Importing this package does not import mpi4py (which initialises MPI): the strategies'
-analytic model (traffic, weights, FLOPs) serves tools that never launch ranks, such as the
-planner. `Communicator` and the MPI helpers load on first use (`parallelism.comm`).
+Importing this package loads nothing heavy: `parallelism.errors` (the error convention) and
+`parallelism.traffic` (the byte rules) serve tools that never touch torch or MPI. The
+strategies (torch) load on first use of `STRATEGIES` and friends; the communicator (mpi4py,
+which initialises MPI) only when `Communicator` or `parallelism.comm` is used.
 """
 
-from .base import Strategy
-from .bp import BlockParallel
-from .dp import DataParallel
 from .errors import CommError, UsageError
-from .pp import PipelineParallel
-from .serial import Serial
-from .sp import SequenceParallel
-from .tp import TensorParallel
 from .traffic import Traffic
 
-# name -> Strategy class; the drivers' --strategies choose from these.
-STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (Serial, DataParallel, PipelineParallel, TensorParallel, SequenceParallel,
-                              BlockParallel)}
-
-
-def get_strategy(name: str) -> type[Strategy]:
-    if name not in STRATEGIES:
-        raise UsageError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
-    return STRATEGIES[name]
+_LAZY = {"STRATEGIES": "registry", "get_strategy": "registry", "Strategy": "base", "Communicator": "comm"}
 
 
 def __getattr__(name):
-    if name == "Communicator":
-        from .comm import Communicator
-        return Communicator
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'parallelism' has no attribute {name!r}")
 
 
