@@ -32,7 +32,7 @@ import math
 import os
 import sys
 
-from .cli import ArgumentParser, CliError, guard
+from .cli import ArgumentParser, UsageError, finite_float, run
 from .records import is_finite
 from .report_data import Row, load
 from .significance import mann_whitney_u, smallest_p
@@ -42,16 +42,6 @@ DEFAULT_THRESHOLD = 0.10
 DEFAULT_SPREAD_FACTOR = 2.0
 DEFAULT_TOL = 1e-4
 HEADERS = ["point", "metric", "baseline", "new", "change", "allowed", "evidence", "verdict"]
-
-
-def finite_at_least_0(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
 
 
 def probability(text: str) -> float:
@@ -70,12 +60,12 @@ def make_parser():
     p.add_argument("new", help="new JSONL result file (or folder)")
     p.add_argument("--alpha", type=probability, default=DEFAULT_ALPHA,
                    help=f"significance level of the U test on the samples (default {DEFAULT_ALPHA})")
-    p.add_argument("--threshold", type=finite_at_least_0, default=DEFAULT_THRESHOLD,
+    p.add_argument("--threshold", type=finite_float(0), default=DEFAULT_THRESHOLD,
                    help=f"minimum relative p50 change that counts (default {DEFAULT_THRESHOLD})")
-    p.add_argument("--spread-factor", type=finite_at_least_0, default=DEFAULT_SPREAD_FACTOR,
+    p.add_argument("--spread-factor", type=finite_float(0), default=DEFAULT_SPREAD_FACTOR,
                    help=f"without samples: multiple of the measured relative spread (p90-p50)/p50 that a "
                         f"change must exceed (default {DEFAULT_SPREAD_FACTOR})")
-    p.add_argument("--tol", type=finite_at_least_0, default=DEFAULT_TOL,
+    p.add_argument("--tol", type=finite_float(0), default=DEFAULT_TOL,
                    help=f"max_abs_err above this is a regression (default {DEFAULT_TOL})")
     p.add_argument("--all", action="store_true", help="list every point, not only changed ones")
     return p
@@ -176,12 +166,12 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     for path in (args.baseline, args.new):
         if not os.path.exists(path):
-            raise CliError(f"{path}: no such file or folder")
+            raise UsageError(f"{path}: no such file or folder")
     base, new = load(args.baseline), load(args.new)
     if not base:
-        raise CliError(f"{args.baseline}: no records")
+        raise UsageError(f"{args.baseline}: no records")
     if not new:
-        raise CliError(f"{args.new}: no records")
+        raise UsageError(f"{args.new}: no records")
     rows, regressions, only_base, only_new = compare(base, new, args.alpha, args.threshold, args.spread_factor,
                                                      args.tol)
     shown = rows if args.all else [r for r in rows if r[-1] != "ok"]
@@ -200,4 +190,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    guard(main)
+    run(main)

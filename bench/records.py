@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import CliError
+from parallelism.errors import UsageError
 
 SCHEMA = 1
 STAT_KEYS = ("min", "p50", "p90", "p99", "mean", "max")
@@ -255,7 +255,7 @@ def read_records(paths, warn=True) -> list[dict]:
     A line that does not parse (a run killed mid-write on a filesystem without
     atomic appends) is skipped with a warning on stderr. A file that is not a
     results file (not UTF-8, a line over MAX_LINE_BYTES, more than MAX_FILE_BYTES,
-    unreadable) raises CliError with one line naming it.
+    unreadable) raises UsageError with one line naming it.
     """
     return [record for _, record in iter_records(paths, warn)]
 
@@ -266,7 +266,7 @@ def iter_records(paths, warn=True):
         try:
             f = open(path, "rb")
         except OSError as err:
-            raise CliError(f"{path}: {err.strerror or err}") from None
+            raise UsageError(f"{path}: {err.strerror or err}") from None
         with f:
             yield from _file_records(path, f, warn)
 
@@ -274,24 +274,24 @@ def iter_records(paths, warn=True):
 def _file_records(path: Path, f, warn: bool):
     size = os.fstat(f.fileno()).st_size
     if size > MAX_FILE_BYTES:
-        raise CliError(f"{path}: {size} bytes, more than a results file may hold ({_mib(MAX_FILE_BYTES)})")
+        raise UsageError(f"{path}: {size} bytes, more than a results file may hold ({_mib(MAX_FILE_BYTES)})")
     total, skipped = 0, 0
     for number in itertools.count(1):
         try:
             line = f.readline(MAX_LINE_BYTES + 1)
         except OSError as err:
-            raise CliError(f"{path}: {err.strerror or err}") from None
+            raise UsageError(f"{path}: {err.strerror or err}") from None
         if not line:
             return
         total += len(line)
         if total > MAX_FILE_BYTES:
-            raise CliError(f"{path}: more than a results file may hold ({_mib(MAX_FILE_BYTES)})")
+            raise UsageError(f"{path}: more than a results file may hold ({_mib(MAX_FILE_BYTES)})")
         if len(line) > MAX_LINE_BYTES and not line.endswith(b"\n"):
-            raise CliError(f"{path}:{number}: a line longer than {_mib(MAX_LINE_BYTES)}: not a results file")
+            raise UsageError(f"{path}:{number}: a line longer than {_mib(MAX_LINE_BYTES)}: not a results file")
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError:
-            raise CliError(f"{path}:{number}: not UTF-8 text: not a results file") from None
+            raise UsageError(f"{path}:{number}: not UTF-8 text: not a results file") from None
         if not text.strip():
             continue
         try:
@@ -319,7 +319,7 @@ def _expand(paths) -> list[Path]:
         try:
             is_dir = p.is_dir()
         except OSError as err:
-            raise CliError(f"{p}: {err.strerror or err}") from None
+            raise UsageError(f"{p}: {err.strerror or err}") from None
         found.extend(sorted(p.glob("*.jsonl")) if is_dir else [p])
     return found
 
@@ -330,10 +330,10 @@ def read_text(path: str | os.PathLike, what: str, limit: int = MAX_LINE_BYTES) -
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except OSError as err:
-        raise CliError(f"{what} {path}: {err.strerror or err}") from None
+        raise UsageError(f"{what} {path}: {err.strerror or err}") from None
     if len(data) > limit:
-        raise CliError(f"{what} {path}: larger than {_mib(limit)}")
+        raise UsageError(f"{what} {path}: larger than {_mib(limit)}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise CliError(f"{what} {path}: not UTF-8 text") from None
+        raise UsageError(f"{what} {path}: not UTF-8 text") from None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from . import records
 from . import report_plots as plots
-from .cli import ArgumentParser, CliError, guard
+from .cli import ArgumentParser, UsageError, run
 from .records import fmt_bytes as b, fmt_s as s, is_finite
 from .report_data import by_strategy_order, group, load, load_peer, order, peer_matches, peer_strategies, rate_bits
 
@@ -293,14 +293,14 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 def usable_out_dir(path: str) -> Path:
-    """--out-dir created if needed and proved writable before any work (else CliError)."""
+    """--out-dir created if needed and proved writable before any work (else UsageError)."""
     out_dir = Path(path)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as err:
-        raise CliError(f"--out-dir {path}: {err.strerror or err}") from None
+        raise UsageError(f"--out-dir {path}: {err.strerror or err}") from None
     return out_dir
 
 
@@ -322,13 +322,13 @@ def make_parser():
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
-        raise CliError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' only")
+        raise UsageError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' only")
     for path in args.results:
         if not os.path.exists(path):
-            raise CliError(f"{path}: no such file or folder")
+            raise UsageError(f"{path}: no such file or folder")
     rows = load(args.results)
     if not rows:
-        raise CliError("no records in " + ", ".join(args.results))
+        raise UsageError("no records in " + ", ".join(args.results))
     peers = [load_peer(path) for path in args.peer]
     notes = records.read_text(args.notes, "--notes") if args.notes else None
     out_dir = usable_out_dir(args.out_dir)
@@ -344,4 +344,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    guard(main)
+    run(main)

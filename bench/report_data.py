@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from . import records
-from .cli import CliError
+from parallelism.errors import UsageError
 from .network import parse_rate
 
 STRATEGY_ORDER = ["serial", "dp", "pp", "tp", "sp", "bp", "bp(replicate)", "bp(tp)"]
@@ -128,7 +128,7 @@ def load(paths) -> list[Row]:
 
 
 def tidy(origin_records) -> list[Row]:
-    """(origin, record) pairs -> Rows; CliError naming origin and field on a wrong type."""
+    """(origin, record) pairs -> Rows; UsageError naming origin and field on a wrong type."""
     return [_row(origin, record) for origin, record in origin_records]
 
 
@@ -180,9 +180,9 @@ def _traffic(origin: str, record: dict) -> dict:
     return out
 
 
-def _bad(origin: str, dotted: str, value, expected: str) -> CliError:
+def _bad(origin: str, dotted: str, value, expected: str) -> UsageError:
     shown = json.dumps(value)[:40] if not isinstance(value, str) else repr(value[:40])
-    return CliError(f"{origin}: {dotted} is {shown}, expected {expected}")
+    return UsageError(f"{origin}: {dotted} is {shown}, expected {expected}")
 
 
 def dedup(rows: list[Row]) -> list[Row]:
@@ -226,22 +226,22 @@ def load_peer(path: str) -> dict:
     try:
         peer = json.loads(text)
     except (ValueError, RecursionError) as err:
-        raise CliError(f"--peer {path}: {err}") from None
+        raise UsageError(f"--peer {path}: {err}") from None
     if not isinstance(peer, dict):
-        raise CliError(f"--peer {path}: expected a JSON object")
+        raise UsageError(f"--peer {path}: expected a JSON object")
     missing = [k for k in PEER_FIELDS if k not in peer]
     if missing:
-        raise CliError(f"--peer {path}: missing {', '.join(missing)}")
+        raise UsageError(f"--peer {path}: missing {', '.join(missing)}")
     latency = peer["latency_s"]
     if not isinstance(latency, dict) or not all(
             rate_bits(rate) and isinstance(by, dict) and all(records.is_finite(v) for v in by.values())
             for rate, by in latency.items()):
-        raise CliError(f"--peer {path}: latency_s must map rates (e.g. 100mbit) to {{strategy: seconds}}")
+        raise UsageError(f"--peer {path}: latency_s must map rates (e.g. 100mbit) to {{strategy: seconds}}")
     for name in ("name", "short_name", "source"):
         if not isinstance(peer.get(name, ""), str):
-            raise CliError(f"--peer {path}: {name} must be text")
+            raise UsageError(f"--peer {path}: {name} must be text")
     if not isinstance(peer.get("claims", []), list) or not records.is_finite(peer.get("serial_s", 0) or 0):
-        raise CliError(f"--peer {path}: claims must be a list and serial_s a number")
+        raise UsageError(f"--peer {path}: claims must be a list and serial_s a number")
     return peer
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import records
-from bench.cli import CliError
+from parallelism.errors import UsageError
 from bench.records import append_csv, append_jsonl, read_records
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,15 +63,18 @@ def test_csv_two_racing_writers_write_one_header(tmp_path):
     """Defect 12: two processes creating one CSV file could both write the header row."""
     files = 300
     script = textwrap.dedent(f"""
-        import os, time
+        import os, sys, time
         from bench.records import append_csv
+        open({str(tmp_path)!r} + "/ready-" + sys.argv[1], "w").close()
         while not os.path.exists({str(tmp_path / 'go')!r}):
             time.sleep(0.001)
         for i in range(1, {files + 1}):
             append_csv({str(tmp_path)!r} + f"/{{i}}.csv", {RECORD!r})
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script], cwd=ROOT) for _ in range(2)]
-    time.sleep(0.5)  # both started and waiting, so that they race on every file
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(n)], cwd=ROOT) for n in range(2)]
+    deadline = time.monotonic() + 120   # both imported and waiting, so that they race on every file
+    while len(list(tmp_path.glob("ready-*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     (tmp_path / "go").touch()
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     for i in range(1, files + 1):
@@ -81,22 +84,22 @@ def test_csv_two_racing_writers_write_one_header(tmp_path):
 
 
 def test_read_records_bounds(tmp_path, monkeypatch):
-    """Defect 6 (records side): a line or a file over the caps is one CliError, read no further."""
+    """Defect 6 (records side): a line or a file over the caps is one UsageError, read no further."""
     monkeypatch.setattr(records, "MAX_LINE_BYTES", 100)
     monkeypatch.setattr(records, "MAX_FILE_BYTES", 1000)
     long_line = tmp_path / "line.jsonl"
     long_line.write_text('{"a": 1}\n{"blob": "' + "x" * 200 + '"}\n')
-    with pytest.raises(CliError, match=r"line.jsonl:2: a line longer than"):
+    with pytest.raises(UsageError, match=r"line.jsonl:2: a line longer than"):
         read_records(long_line)
     big = tmp_path / "big.jsonl"
     big.write_text('{"a": 1}\n' * 200)
-    with pytest.raises(CliError, match="more than a results file may hold"):
+    with pytest.raises(UsageError, match="more than a results file may hold"):
         read_records(big)
     fifo = tmp_path / "fifo.jsonl"          # no size up front: counted while reading
     os.mkfifo(fifo)
     writer = subprocess.Popen([sys.executable, "-c", f"open({str(fifo)!r}, 'w').write('{{\"a\": 1}}\\n' * 200)"])
     try:
-        with pytest.raises(CliError, match="more than a results file may hold"):
+        with pytest.raises(UsageError, match="more than a results file may hold"):
             read_records(fifo)
     finally:
         writer.kill()
@@ -107,7 +110,7 @@ def test_read_records_not_utf8(tmp_path):
     """Defect 7 (records side): a non-UTF-8 file was a UnicodeDecodeError traceback."""
     path = tmp_path / "bin.jsonl"
     path.write_bytes(b'{"a": 1}\n\xff\xfe\x00garbage\n')
-    with pytest.raises(CliError, match=r"bin.jsonl:2: not UTF-8"):
+    with pytest.raises(UsageError, match=r"bin.jsonl:2: not UTF-8"):
         read_records(path)
 
 
