@@ -20,7 +20,8 @@ regresses when:
     recorded as the strings "nan"/"inf", see bench.records): always;
   - bytes or messages: any change in payload, bus or message totals (measured,
     or analytic for bench.comm records), or in any op's payload;
-  - max_abs_err above --tol (default 1e-4) in NEW.
+  - max_abs_err above --tol (default 1e-4) in NEW, or an output the harness
+    found non-finite or of the wrong shape (output_check).
 Points only in one file are listed, not counted as regressions. Prints one
 table; exit code 1 if anything regressed, 0 otherwise (2 on bad input).
 """
@@ -136,10 +137,14 @@ class Verdicts:
                 self.add(point, field, fmt(old), fmt(new), "changed", "exact", "", "REGRESSION")
 
     def error(self, point: str, rb: Row, rn: Row) -> None:
-        err = rn.max_abs_err
-        if err is not None and (not is_finite(err) or err > self.tol):
-            self.add(point, "max_abs_err", fmt(rb.max_abs_err, "{:.2e}"), f"{err:.2e}", "", f"<= {self.tol:g}",
-                     "output has nan/inf" if not is_finite(err) else "", "REGRESSION")
+        """The new output: wrong beyond --tol, non-finite, or failed the harness's check."""
+        err, check = rn.max_abs_err, rn.output_check
+        failed_check = check not in (None, "ok", "not held")
+        non_finite = err is not None and not is_finite(err)
+        if failed_check or non_finite or (err is not None and err > self.tol):
+            why = f"output {check}" if failed_check else ("output has nan/inf" if non_finite else "")
+            self.add(point, "max_abs_err", fmt(rb.max_abs_err, "{:.2e}"), fmt(err, "{:.2e}"), "",
+                     f"<= {self.tol:g}", why, "REGRESSION")
 
 
 def point_name(r: Row) -> str:

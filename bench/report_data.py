@@ -42,6 +42,7 @@ FIELDS = [
     ("expected_messages", "expected_messages_per_rank", TOTAL),
     ("weights", "weights_bytes_per_rank.max", NUM), ("wire", "wire_bytes_per_rank", NUM),
     ("bus_ratio_to_tp", "bus_ratio_to_tp", NUM), ("max_abs_err", "max_abs_err", NUM),
+    ("output_check", "output_check", TEXT),
     ("throughput_rps", "throughput_rps", NUM), ("efficiency", "efficiency", NUM),
     ("utc_time", "env.utc_time", TEXT), ("loadavg", "env.loadavg_1m", NUM),
     ("hostnames", "env.hostnames", TEXTS), ("cpus", "env.cpus", INT),
@@ -87,6 +88,7 @@ class Row:
     wire: float | None = None
     bus_ratio_to_tp: float | None = None
     max_abs_err: float | None = None
+    output_check: str | None = None   # the harness's verdict on the output: ok, non-finite, shape mismatch
     throughput_rps: float | None = None
     efficiency: float | None = None
     utc_time: str | None = None

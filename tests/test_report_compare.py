@@ -290,6 +290,9 @@ def test_nonfinite_error_or_latency_is_a_failure(fixture_file, tmp_path, capsys)
     literal = tmp_path / "literal.jsonl"   # a writer that let json emit a bare NaN
     literal.write_text(fixture_file.read_text().replace('"max_abs_err": 1e-06', '"max_abs_err": NaN', 1))
     assert compare.main([str(fixture_file), str(literal)]) == 1
+    mismatch = _variant(fixture_file, tmp_path / "shape.jsonl",   # the harness's own verdict counts too
+                        lambda recs: recs[0].update(max_abs_err="inf", output_check="shape mismatch"))
+    assert compare.compare(report_data.load(fixture_file), report_data.load(mismatch))[1] == 1
     out = tmp_path / "reports"
     assert report.main([str(bad), "--name", "nan", "--out-dir", str(out), "--quiet"]) == 0
     tp_rows = [cells(line) for line in (out / "nan.md").read_text().splitlines() if line.startswith("| tp ")]
