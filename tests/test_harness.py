@@ -39,7 +39,7 @@ def test_append_jsonl_lines_and_nan(tmp_path):
     text = path.read_text()
     assert text.endswith("\n") and text.count("\n") == 2
     assert [r["a"] for r in read_records(path)] == [1, 2]
-    assert read_records(path)[0]["x"] is None
+    assert read_records(path)[0]["x"] == "nan"   # not null: null means "not computed"
 
 
 def test_append_survives_kill_mid_run(tmp_path):
