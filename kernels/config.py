@@ -1,6 +1,6 @@
 """Model shapes: one frozen dataclass, its presets and the arithmetic on it.
 
-`n_blocks` (N_b) and `n_div` (N_div) describe the decoupled model of docs/DESIGN.md:
+`n_blocks` (N_b) and `n_div` (N_div) describe docs/DESIGN.md, "The decoupled model":
 the `layers` form `n_blocks` blocks; in each block every layer but the last is
 a decoupled layer of `n_div` independent sub-blocks, the last is an original
 BERT layer. `n_blocks == layers` is the original model.

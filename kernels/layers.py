@@ -5,7 +5,7 @@ Nothing here knows how many devices there are. A strategy runs a whole layer
 parallelism calls `project_qkv` with a subset of heads, sequence parallelism
 calls `attention` with local queries against gathered keys/values, block
 parallelism calls `layer_forward` on sub-block weights. The decoupled
-sub-block of docs/DESIGN.md is the same computation as an original layer with
+sub-block (docs/DESIGN.md, "The decoupled model") is the same computation as an original layer with
 narrower input/output width (h/N_div instead of h), so one function serves both.
 
 Shapes: activations are (batch, seq, width); weights use torch.nn.Linear's
