@@ -244,7 +244,7 @@ def comm_section(com) -> tuple[list[str], list[tuple]]:
                    for r in rs if r.strategy == "bp" and tp and tp.expected_bus and r.expected_bus]
     if ratios:
         md += ["### TP / BP bus bytes per inference per rank", "",
-               "DESIGN.md: TP needs 4L/N_b times the bytes of BP with replicated boundaries "
+               "docs/DESIGN.md (\"Byte formulas\"): TP needs 4L/N_b times the bytes of BP with replicated boundaries "
                "(12 for BERT-Base, 24 for BERT-Large at N_b = 4).", "",
                md_table(["model", "P", "seq", "bp", "N_b", "TP / BP bus bytes", "messages BP vs TP"], ratios), ""]
     return md, byte_rows
