@@ -40,8 +40,8 @@ os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # gloo warns it cannot re
 import torch  # noqa: E402
 
 from bench import cli, network as N  # noqa: E402
-from bench.records import append_jsonl  # noqa: E402
-from parallelism.comm import Communicator, processor_name, raw_allreduce_peers, world_rank  # noqa: E402
+from bench.records import append_jsonl, env_block, local_env  # noqa: E402
+from parallelism.comm import Communicator, mpi_versions, processor_name, raw_allreduce_peers, world_rank  # noqa: E402
 from parallelism.errors import UsageError  # noqa: E402
 from parallelism.traffic import bus_bytes as rule_bus_bytes  # noqa: E402
 
@@ -261,11 +261,15 @@ def bench_collectives(args, comm: Communicator) -> None:
         dist.destroy_process_group()
 
 
+ENV: dict = {}  # the run's env block (bench.records.env_block), filled in by main
+
+
 def write_jsonl(path: str | None, records: list[dict]) -> None:
     """Each record one atomic line (bench.records.append_jsonl), or JSON lines on stdout for '-'."""
     if not path:
         return
     for record in records:
+        record = {**record, "env": env_block(ENV)}
         if path == "-":
             print(json.dumps(record))
         else:
@@ -366,6 +370,7 @@ def main(argv=None) -> None:
         raise UsageError(problem)
     torch.set_num_threads(1)
     comm = Communicator()
+    ENV.update(local_env(), hostnames=comm.allgather_object(processor_name()), **mpi_versions(), wait=comm.wait)
     if args.bench == "overhead":
         bench_overhead(args, comm)
     else:

@@ -188,7 +188,7 @@ def main(argv=None) -> int:
                 "ratio_ours_vs_torch": paired_ratio(times["ours"], times["torch"]),
                 "ratio_ours_vs_hf": paired_ratio(times["ours"], times["hf"]) if "hf" in times else None,
                 "max_abs_diff_vs_ours": diff,
-                "env": records.local_env(),
+                "env": records.env_block(),
             }
             rows.append([cfg.name, n_threads, p50["ours"] * 1e3, p50["torch"] * 1e3,
                          p50["hf"] * 1e3 if "hf" in p50 else None, record["gflops_per_s"]["ours"],

@@ -167,6 +167,14 @@ def local_env() -> dict:
             "git_commit": git_commit(), "utc_time": utc_now()}
 
 
+def env_block(base: dict | None = None, **extra) -> dict:
+    """The `env` every tool writes into every record: `base` (a process's `local_env()`,
+    taken once per run), the MPI facts a tool has (`extra`: hostnames, mpi_library, wait),
+    the command line, and the time and load when the record is written."""
+    return {**(base or local_env()), **extra, "argv": sys.argv[1:], "utc_time": utc_now(),
+            "loadavg_1m": loadavg()}
+
+
 # -- writing ---------------------------------------------------------------------------
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
     """Append one record as one complete line: single write on O_APPEND, then fsync."""

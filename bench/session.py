@@ -97,9 +97,8 @@ class Session:
         local = {**records.local_env(), "host": processor_name(), "network": network.describe_network(self.iface)}
         everyone = self.comm.allgather_object(local) if collective else [local]
         first = everyone[0]
-        self.env = {"hostnames": [e["host"] for e in everyone], **mpi_versions(),
-                    **{k: first[k] for k in ("python", "torch", "threads", "cpu_model", "cpus", "git_commit")},
-                    "wait": self.comm.wait, "argv": sys.argv[1:]}
+        self.env = {**{k: first[k] for k in ("python", "torch", "threads", "cpu_model", "cpus", "git_commit")},
+                    "hostnames": [e["host"] for e in everyone], **mpi_versions(), "wait": self.comm.wait}
         nets = [e["network"] for e in everyone]
         # One entry per rank (rank r's host and the shaping on its interface), None if no rank knows.
         self.network = None if all(n is None for n in nets) else \
@@ -168,8 +167,7 @@ class Session:
         """Rank 0 appends the record (atomic JSONL line, and CSV if asked)."""
         if self.rank != 0:
             return
-        record = records.clean({**record, "env": {**self.env, "utc_time": records.utc_now(),
-                                                  "loadavg_1m": records.loadavg()}})
+        record = records.clean({**record, "env": records.env_block(self.env)})
         records.append_jsonl(self.out, record)
         if self.opts.csv:
             records.append_csv(self.opts.csv, record)
