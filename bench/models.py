@@ -39,11 +39,19 @@ class Model:
             raise UsageError(f"bp runs the decoupled model, which needs trained decoupled weights; "
                              f"{self.checkpoint} is an original BERT checkpoint: use a preset (seeded weights)")
         if self.checkpoint is not None:
-            return load_checkpoint(self.checkpoint)[1]
+            return read_checkpoint(self.checkpoint)
         return LazyWeights(self.config(decoupled), self.seed)
 
     def default_seq(self) -> int:
         return min(DEFAULT_SEQ, self.original.max_positions)
+
+
+def read_checkpoint(folder: Path):
+    """A checkpoint's weights; anything wrong with the folder is bad input (exit 2), not a crash."""
+    try:
+        return load_checkpoint(folder)[1]
+    except (ConfigError, OSError, ValueError, RuntimeError) as err:  # safetensors/torch: unreadable files
+        raise UsageError(f"--model {folder}: {err}") from None
 
 
 def default_blocks(layers: int) -> int:
@@ -62,6 +70,8 @@ def resolve_model(spec: str, nb: int | None = None, ndiv: int = 4, seed: int = 0
             raise UsageError(f"--model {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
     except ConfigError as err:
         raise UsageError(str(err)) from None
+    except (OSError, ValueError) as err:  # an unreadable or malformed config.json
+        raise UsageError(f"--model {spec}: {err}") from None
     decoupled, error = None, None
     nb = default_blocks(cfg.layers) if nb is None else nb
     try:
