@@ -176,3 +176,10 @@ def test_ssh_check_unresolvable_host_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.cluster", "ssh-check", str(path)], capture_output=True,
                           text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nohost-detr.invalid: ssh failed" in proc.stderr
+
+
+def test_supervise_returns_the_code_and_restores_the_callers_signal_handlers():
+    import signal
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    assert launch.supervise([sys.executable, "-c", "raise SystemExit(7)"], dict(os.environ)) == 7
+    assert {sig: signal.getsignal(sig) for sig in before} == before

@@ -280,23 +280,13 @@ VERBS = {"up": cmd_up, "down": cmd_down, "shape": cmd_shape, "status": cmd_statu
 
 
 def main(argv=None, description: str = "") -> int:
-    """Exit codes: 0 ok, 1 operation failed (or status: not intact), 2 invalid input or not root,
-    130 Ctrl-C, 141 closed stdout; `run` and `exec` return the command's."""
+    """Exit codes (through bench.cli.run): 0 ok, 1 operation failed (or status: not intact),
+    2 invalid input or not root, 130 Ctrl-C, 141 closed stdout; run and exec: the command's."""
+    args = build_parser(description).parse_args(argv)
     try:
-        args = build_parser(description).parse_args(argv)
         names = ClusterNames(getattr(args, "name", DEFAULT_NAME))
         if args.cmd in ("up", "down", "shape"):   # SIGTERM mid-way: undo like Ctrl-C, not half-made
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        code = VERBS[args.cmd](args, names)
-        sys.stdout.flush()   # here, not at exit, so that a closed stdout lands below
-        return code
-    except (cli.CliError, ValueError) as err:   # UsageError and argparse's errors
-        sys.stderr.write(f"error: {err}\n")
-        return 2
-    except ClusterError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:   # `... | head`: the work is done, only its report has no reader
-        return cli.stdout_gone()
+        return VERBS[args.cmd](args, names)
+    except ValueError as err:      # bench.network's validators: bad input
+        raise UsageError(str(err)) from None

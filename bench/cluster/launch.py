@@ -160,21 +160,28 @@ def _die_with(parent: int):
 def supervise(cmd: list[str], env: dict) -> int:
     """Run `cmd` (mpiexec, the agent) and return its exit code. Killing this process ends it:
     SIGTERM, SIGHUP or Ctrl-C are passed on as SIGINT (MPI ends its ranks itself) with
-    GRACE_S to finish, then SIGKILL; SIGKILL of this process kills it through PR_SET_PDEATHSIG."""
+    GRACE_S to finish, then SIGKILL, and 128 + the signal is returned; SIGKILL of this process
+    kills it through PR_SET_PDEATHSIG. The caller's signal handlers are restored on return."""
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in handled}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_signalled)
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with(os.getpid()))
     try:
-        return proc.wait()
-    except (_Signalled, KeyboardInterrupt) as err:
-        signum = err.signum if isinstance(err, _Signalled) else signal.SIGINT
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return 128 + signum
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with(os.getpid()))
+        try:
+            return proc.wait()
+        except (_Signalled, KeyboardInterrupt) as err:
+            signum = err.signum if isinstance(err, _Signalled) else signal.SIGINT
+            for sig in handled:
+                signal.signal(sig, signal.SIG_IGN)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
