@@ -27,12 +27,9 @@ import subprocess
 import sys
 
 from bench import cli, network as N
+from parallelism.errors import UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    pass
 
 
 def tc(args: list[str]) -> subprocess.CompletedProcess:
@@ -257,10 +254,10 @@ def main(argv=None) -> int:
         return act_once_per_host(args)
     result = act(args)
     if result["exit"] == EXIT_USAGE:
-        raise cli.CliError(result["error"])
+        raise UsageError(result["error"])
     print(json.dumps(result) if args.json else render(result))
     return result["exit"]
 
 
 if __name__ == "__main__":
-    cli.guard(main)
+    cli.run(main, mpi=under_mpi())

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cluster import CgroupV1, CgroupV2, ClusterNames, CpuQuota, agent, launch, state as S
+from bench.cluster import CgroupV1, CgroupV2, ClusterNames, CpuQuota, agent, launch, preflight, state as S
+from bench.cluster.system import UsageError
 from bench.cluster.system import start_time
 
 
@@ -117,14 +118,20 @@ def test_journal_tells_a_killed_up_from_a_running_or_finished_one(tmp_path, monk
 
 def test_launch_command_lines():
     state = {"name": "dt1", "bridge": "dt1br", "netns": ["dt1-h0", "dt1-h1", "dt1-h2"], "addrs": ["10.213.9.1"]}
-    cmd = launch.agent_command(state, 2, ["python", "-m", "bench.latency"])
+    cmd = launch.agent_command(state, 2, ["python", "-m", "bench.latency"], flavour="mpich")
     assert cmd[1:] == ["-launcher", "ssh", "-launcher-exec", str(ClusterNames("dt1").state_dir / "agent"),
                        "-iface", "dt1br", "-hosts", "dt1-h0,dt1-h1", "-n", "2", "python", "-m", "bench.latency"]
     env = launch.mpi_env(state)
     assert env["FI_TCP_IFACE"] == env["DETR_IFACE"] == "eth0" and env["MASTER_ADDR"] == "10.213.9.1"
-    cmd = launch.hostfile_command("hf", 4, ["python"], iface="eth0", env={"DETR_IFACE": "eth0"})
+    cmd = launch.hostfile_command("hf", 4, ["python"], iface="eth0", env={"DETR_IFACE": "eth0"}, flavour="mpich")
     assert cmd[1:] == ["-f", "hf", "-launcher", "ssh", "-iface", "eth0", "-genv", "DETR_IFACE", "eth0", "-n", "4",
                        "python"]
+    cmd = launch.hostfile_command("hf", 4, ["python"], env={"DETR_IFACE": "eth0"}, flavour="openmpi")
+    assert cmd[1:4] == ["--hostfile", "hf", "-n"] and cmd[-3:] == ["-x", "PATH", "python"] and "DETR_IFACE=eth0" in cmd
+    assert "ppr:1:node" in cmd and ["btl_tcp_if_include", "eth0"] == cmd[cmd.index("btl_tcp_if_include"):][:2]
+    cmd = launch.agent_command(state, 2, ["python"], flavour="openmpi")
+    assert cmd[1:6] == ["--mca", "plm_rsh_agent", f"{ClusterNames('dt1').state_dir / 'agent'} --shell", "--host",
+                        "dt1-h0,dt1-h1"]
     assert launch.cluster_run_command(["x"], 2, "dt1")[1:] == ["-m", "bench.cluster", "run", "--name", "dt1", "-n",
                                                                "2", "--", "x"]
     assert launch.cluster_shape_command("10mbit")[1:] == ["-m", "bench.cluster", "shape", "--rate", "10mbit"]
@@ -142,3 +149,37 @@ def test_device_targets_and_quotas():
         D.device_quota(250.0, {"gflops_per_cpu_s": 100.0}, cores=2)    # more than the machine has
     # the GEMMs are bert-base's four linears at s=128: 1.81 GFLOP
     assert sum(2 * m * k * n for m, k, n in D.gemm_shapes()) == 2 * 128 * 768 * (3 * 768 + 768 + 2 * 3072)
+
+
+def test_hostfiles_mpich_and_open_mpi(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text("# Pis\npi4-0:1\npi4-1 slots=2\n\n10.0.0.3  # by address\npi4-0:1\n")
+    assert preflight.read_hostfile(path) == ["pi4-0", "pi4-1", "10.0.0.3"]
+    for text in ("", "# nothing\n", "-oProxyCommand=x\n", "a;b\n"):
+        path.write_text(text)
+        with pytest.raises(UsageError):
+            preflight.read_hostfile(path)
+    with pytest.raises(UsageError):
+        preflight.read_hostfile(tmp_path / "missing")
+
+
+def test_remote_check_quotes_every_path():
+    script = preflight.remote_script("/opt/my venv/bin/python", "/home/pi/it's here", "/opt/mpi bin")
+    assert "cd '/home/pi/it'\"'\"'s here'" in script and "test -x '/opt/my venv/bin/python'" in script
+    assert "test -d '/opt/mpi bin'" in script
+
+
+@pytest.mark.skipif(subprocess.run(["which", "ssh"], capture_output=True).returncode != 0, reason="no ssh client")
+def test_ssh_check_unresolvable_host_is_one_line_exit_2(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text("nohost-detr.invalid:1\n")
+    proc = subprocess.run([sys.executable, "-m", "bench.cluster", "ssh-check", str(path)], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nohost-detr.invalid: ssh failed" in proc.stderr
+
+
+def test_supervise_returns_the_code_and_restores_the_callers_signal_handlers():
+    import signal
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    assert launch.supervise([sys.executable, "-c", "raise SystemExit(7)"], dict(os.environ)) == 7
+    assert {sig: signal.getsignal(sig) for sig in before} == before

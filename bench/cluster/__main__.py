@@ -1,6 +1,5 @@
-import sys
-
+from bench import cli
 from bench.cluster import __doc__ as DOC
 from bench.cluster.commands import main
 
-sys.exit(main(description=DOC))
+cli.run(lambda argv: main(argv, description=DOC))

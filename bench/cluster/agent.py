@@ -7,6 +7,9 @@ before any virtual environment matters.
 
     agent -x HOST WORDS...      MPICH hydra's ssh launcher hook: the words are joined and split
                                 again as a remote shell would, without running a shell
+    agent --shell HOST WORDS... Open MPI's rsh agent hook (plm_rsh_agent "AGENT --shell"): its
+                                words are a shell line (variable assignments, `;`), run by
+                                /bin/sh -c inside the host, as sshd would run it
     agent -x HOST -- ARGV...    bench.cluster exec / sshd start: ARGV taken literally
 
 It joins HOST's cgroup (before `ip netns exec`, which remounts /sys and hides /sys/fs/cgroup),
@@ -28,14 +31,17 @@ SSH_FLAGS = ("-x", "-q", "-T", "-n")        # what hydra passes to its ssh launc
 
 def parse(argv: list[str], hosts) -> tuple[str, list[str]]:
     """(host, command) from the agent's arguments; ValueError with a usage line if malformed."""
-    args = list(argv)
-    while args and args[0] in SSH_FLAGS:
+    args, shell = list(argv), False
+    while args and args[0] in SSH_FLAGS + ("--shell",):
+        shell = shell or args[0] == "--shell"
         args = args[1:]
     if len(args) < 2 or args[0] not in hosts:
         raise ValueError("usage: agent -x HOST CMD... with HOST among " + ", ".join(sorted(hosts)))
     host, cmd = args[0], args[1:]
     if cmd[0] == "--":
         cmd = cmd[1:]                       # literal argv
+    elif shell:
+        cmd = ["/bin/sh", "-c", " ".join(cmd)]
     else:
         cmd = shlex.split(" ".join(cmd))    # ssh semantics: hydra quotes its words for a remote shell
     if not cmd:

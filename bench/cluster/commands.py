@@ -8,10 +8,11 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from bench import cli, network as N
 
-from . import device as D, launch, lifecycle as L, net, state as S
+from . import device as D, launch, lifecycle as L, net, preflight, sshd, state as S
 from .cgroups import CpuQuota
 from .names import ClusterNames
 from .status import collect, render
@@ -80,6 +81,8 @@ def cmd_up(args, names: ClusterNames) -> int:
     D.target_gflops(args.device, args.gflops)          # validate before anything is measured or made
     if args.subnet:
         net.parse_subnet(args.subnet)
+    if args.sshd:
+        sshd.sshd_binary()
     cpu = require_root_and_tools(need_cgroup=quotas is not None or args.device or args.gflops)
     device_q, device = device_quotas(args, hosts)
     quotas = device_q or quotas or [None] * hosts
@@ -97,6 +100,8 @@ def cmd_up(args, names: ClusterNames) -> int:
             raise UsageError(f"cluster {names.name!r} is up on {state['subnet']}: run down first to change the subnet")
         state["device"] = device
         L.apply_shape(state, rate_bit, burst, quotas, cpu)
+        if args.sshd and not state.get("sshd"):
+            L.add(names, state, cpu, sshd.start_all)
         print(f"cluster {names.name!r} already up: {L.describe_line(state)}")
         return 0
     if state is not None or L.leftovers(names, cpu):
@@ -109,7 +114,7 @@ def cmd_up(args, names: ClusterNames) -> int:
     start = time.perf_counter()
     state = L.new_state(names, hosts, subnet, rate_bit, burst, quotas, cpu)
     state["device"] = device
-    L.make(names, state, cpu)
+    L.make(names, state, cpu, extras=[sshd.start_all] if args.sshd else [])
     print(f"cluster {names.name!r} up in {time.perf_counter() - start:.2f} s: {L.describe_line(state)}")
     return 0
 
@@ -188,7 +193,23 @@ def cmd_run(args, names: ClusterNames) -> int:
     n = state["hosts"] if args.n is None else args.n
     if not 1 <= n <= state["hosts"]:
         raise UsageError(f"invalid rank count {args.n!r}: 1 to {state['hosts']} (one rank per host)")
-    return launch.supervise(launch.agent_command(state, n, cmd), launch.rank_env(state, args.wait))
+    flavour = launch.mpi_flavour(launch.mpiexec_path())
+    if not args.ssh:
+        mpiexec = launch.agent_command(state, n, cmd, flavour, args.wait)
+        return launch.supervise(mpiexec, launch.rank_env(state, args.wait))
+    if not state.get("sshd"):
+        raise UsageError(f"cluster {names.name!r} has no sshd: bring it up with --sshd to launch over ssh")
+    hostfile = launch.cluster_hostfile(state, flavour)
+    print(preflight.run_check(str(hostfile), mpi_bin=str(Path(launch.mpiexec_path()).parent)), file=sys.stderr)
+    mpiexec = launch.hostfile_command(hostfile, n, cmd, iface=state["bridge"], env=launch.mpi_env(state, args.wait),
+                                      flavour=flavour)
+    return launch.supervise(mpiexec, launch.rank_env(state, args.wait))
+
+
+def cmd_ssh_check(args, names: ClusterNames) -> int:
+    mpi_bin = args.mpi_bin or str(Path(launch.mpiexec_path()).parent)
+    print(preflight.run_check(args.hostfile, python=args.python, wdir=args.wdir, mpi_bin=mpi_bin))
+    return 0
 
 
 def cmd_exec(args, names: ClusterNames) -> int:
@@ -223,6 +244,8 @@ def build_parser(description: str) -> argparse.ArgumentParser:
                     "from this machine's measured GEMM rate (bench/cluster/device.py: the figures and sources)")
     up.add_argument("--gflops", help="every host at this GEMM rate, GFLOP/s (a quota from this machine's measured rate)")
     up.add_argument("--subnet", help="private /24 for the hosts (default: first free in 10.213.0.0/16)")
+    up.add_argument("--sshd", action="store_true", help="an sshd in every host, a key pair, ssh client configuration "
+                    "and a hostfile (bench/cluster/sshd.py); stays until down")
     shape = sub.add_parser("shape", parents=[common], help="change rate/burst/quotas of a running cluster")
     for flag in ("--rate", "--burst", "--cpu-quota", "--cpu-quotas", "--device", "--gflops"):
         shape.add_argument(flag, help=f"as for up ({flag[2:]})")
@@ -236,35 +259,34 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         p = sub.add_parser(verb, parents=[common], help=text)
         if verb == "run":
             p.add_argument("-n", type=cli.positive_int, help="ranks (first n hosts; default all)")
+            p.add_argument("--ssh", action="store_true", help="launch over ssh with the cluster's hostfile "
+                           "(needs up --sshd; as on real hosts) instead of through the agent")
         else:
             p.add_argument("--host", type=cli.nonneg_int, default=0, help="host index (default 0)")
         p.add_argument("--wait", choices=("sleep", "spin"), default="sleep",
                        help="DETR_COMM_WAIT for the communicator (default sleep: no spinning under quotas)")
         p.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD...")
+    check = sub.add_parser("ssh-check", parents=[common], help="is every host of a hostfile reachable over ssh, with the project "
+                           "at this path? (real or emulated hosts; no root needed)")
+    check.add_argument("hostfile", help="MPICH (host[:n]) or Open MPI (host slots=n) hostfile")
+    check.add_argument("--python", help="the Python every host must have (default: this one)")
+    check.add_argument("--wdir", help="the folder the ranks start in (default: this one)")
+    check.add_argument("--mpi-bin", help="MPI's launcher folder every host must have (default: that of mpiexec)")
     return parser
 
 
-VERBS = {"up": cmd_up, "down": cmd_down, "shape": cmd_shape, "status": cmd_status, "run": cmd_run, "exec": cmd_exec}
+VERBS = {"up": cmd_up, "down": cmd_down, "shape": cmd_shape, "status": cmd_status, "run": cmd_run, "exec": cmd_exec,
+         "ssh-check": cmd_ssh_check}
 
 
 def main(argv=None, description: str = "") -> int:
-    """Exit codes: 0 ok, 1 operation failed (or status: not intact), 2 invalid input or not root,
-    130 Ctrl-C, 141 closed stdout; `run` and `exec` return the command's."""
+    """Exit codes (through bench.cli.run): 0 ok, 1 operation failed (or status: not intact),
+    2 invalid input or not root, 130 Ctrl-C, 141 closed stdout; run and exec: the command's."""
+    args = build_parser(description).parse_args(argv)
     try:
-        args = build_parser(description).parse_args(argv)
-        names = ClusterNames(args.name)
+        names = ClusterNames(getattr(args, "name", DEFAULT_NAME))
         if args.cmd in ("up", "down", "shape"):   # SIGTERM mid-way: undo like Ctrl-C, not half-made
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-        code = VERBS[args.cmd](args, names)
-        sys.stdout.flush()   # here, not at exit, so that a closed stdout lands below
-        return code
-    except (cli.CliError, ValueError) as err:   # UsageError and argparse's errors
-        sys.stderr.write(f"error: {err}\n")
-        return 2
-    except ClusterError as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:   # `... | head`: the work is done, only its report has no reader
-        return cli.stdout_gone()
+        return VERBS[args.cmd](args, names)
+    except ValueError as err:      # bench.network's validators: bad input
+        raise UsageError(str(err)) from None

@@ -2,10 +2,12 @@
 environment, shared by `bench.cluster run`, `bench.sweep` and the ssh path. Standard library
 only (bench.sweep must not import mpi4py or torch).
 
-    mpiexec_path()                             MPICH's mpiexec next to this Python, else on PATH
+    mpiexec_path()                             the mpiexec next to this Python, else on PATH
+    mpi_flavour(mpiexec)                       "mpich" (hydra) or "openmpi" (prte)
     mpi_env(state, wait)                       the variables every rank on an emulated host needs
     agent_command(state, n, cmd)               mpiexec through the cluster's launcher agent
-    hostfile_command(hostfile, n, cmd, ...)    mpiexec -f HOSTFILE over ssh (real or emulated hosts)
+    hostfile_command(hostfile, n, cmd, ...)    over ssh from a hostfile (real or emulated hosts):
+                                               MPICH mpiexec -f, Open MPI mpirun --hostfile
     local_command(n, cmd)                      mpiexec -n N on this machine
     cluster_run_command(cmd, n, name)          python -m bench.cluster run ... (for bench.sweep)
     cluster_shape_command(rate, name)          python -m bench.cluster shape --rate R
@@ -40,6 +42,27 @@ def mpiexec_path() -> str:
     return found
 
 
+def mpi_flavour(mpiexec: str) -> str:
+    """'openmpi' if `mpiexec --version` names Open MPI, else 'mpich' (MPICH's hydra)."""
+    try:
+        proc = subprocess.run([mpiexec, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "mpich"
+    return "openmpi" if "Open MPI" in proc.stdout + proc.stderr else "mpich"
+
+
+def openmpi_args(env: dict, rank_iface: str | None) -> list[str]:
+    """Open MPI's equivalents of what MPICH gets from mpi_env: one rank per host, TCP on the ranks'
+    interface, yielding when idle (else busy-polling ranks starve each other on shared cores), and
+    every variable exported explicitly (Open MPI passes on only what -x names)."""
+    out = ["--map-by", "ppr:1:node", "--mca", "pml", "ob1", "--mca", "btl", "tcp,self",
+           "--mca", "mpi_yield_when_idle", "1"]
+    out += ["--mca", "btl_tcp_if_include", rank_iface] if rank_iface else []
+    for key, value in env.items():
+        out += ["-x", f"{key}={value}"]
+    return out + ["-x", "PATH"]
+
+
 def mpi_env(state: dict, wait: str = "sleep") -> dict:
     """What each rank on an emulated host needs: MPI over TCP on the shaped eth0 (MPICH's default
     UCX transport would move the bytes through shared memory), the interface the drivers read
@@ -64,26 +87,41 @@ def rank_env(state: dict, wait: str = "sleep") -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("DETR_CPU_QUOTA", "DETR_HOST")}
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(mpi_env(state, wait))
+    if os.geteuid() == 0:       # Open MPI refuses root without these (MPICH ignores them)
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return env
 
 
-def agent_command(state: dict, n: int, cmd: list[str]) -> list[str]:
-    """MPICH hydra with the cluster's agent as its ssh: one rank per host on the first n hosts."""
-    agent = ClusterNames(state["name"]).state_dir / "agent"
-    return [mpiexec_path(), "-launcher", "ssh", "-launcher-exec", str(agent), "-iface", state["bridge"],
-            "-hosts", ",".join(state["netns"][:n]), "-n", str(n), *cmd]
+def agent_command(state: dict, n: int, cmd: list[str], flavour: str | None = None, wait: str = "sleep") -> list[str]:
+    """MPI with the cluster's agent as its ssh: one rank per host on the first n hosts."""
+    agent, hosts, mpiexec = ClusterNames(state["name"]).state_dir / "agent", ",".join(state["netns"][:n]), mpiexec_path()
+    if (flavour or mpi_flavour(mpiexec)) == "openmpi":
+        return [mpiexec, "--mca", "plm_rsh_agent", f"{agent} --shell", "--host", hosts, "-n", str(n),
+                *openmpi_args(mpi_env(state, wait), NS_IFACE), *cmd]
+    return [mpiexec, "-launcher", "ssh", "-launcher-exec", str(agent), "-iface", state["bridge"],
+            "-hosts", hosts, "-n", str(n), *cmd]
 
 
 def hostfile_command(hostfile: str | Path, n: int, cmd: list[str], iface: str | None = None,
-                     env: dict | None = None) -> list[str]:
-    """MPICH hydra over real ssh: `mpiexec -f HOSTFILE -launcher ssh [-iface IFACE] -genv K V ...
-    -n N CMD`. `iface`: the launching machine's interface the hosts reach it on (on Pis eth0; on
-    the emulated cluster its bridge)."""
-    out = [mpiexec_path(), "-f", str(hostfile), "-launcher", "ssh"]
+                     env: dict | None = None, flavour: str | None = None) -> list[str]:
+    """Over real ssh from a hostfile. MPICH: `mpiexec -f HOSTFILE -launcher ssh [-iface IFACE]
+    -genv K V ... -n N CMD`, `iface` being the launching machine's interface the hosts reach it
+    on (Pis: eth0; the emulated cluster: its bridge). Open MPI: `mpirun --hostfile HOSTFILE -n N
+    ... -x K=V ... CMD` (an Open MPI hostfile: `host slots=1`), TCP on env's DETR_IFACE."""
+    env, mpiexec = env or {}, mpiexec_path()
+    if (flavour or mpi_flavour(mpiexec)) == "openmpi":
+        return [mpiexec, "--hostfile", str(hostfile), "-n", str(n), *openmpi_args(env, env.get("DETR_IFACE")), *cmd]
+    out = [mpiexec, "-f", str(hostfile), "-launcher", "ssh"]
     out += ["-iface", iface] if iface else []
-    for key, value in (env or {}).items():
+    for key, value in env.items():
         out += ["-genv", key, value]
     return out + ["-n", str(n), *cmd]
+
+
+def cluster_hostfile(state: dict, flavour: str) -> Path:
+    """The hostfile `up --sshd` wrote for this MPI (MPICH host:1, Open MPI host slots=1)."""
+    folder = ClusterNames(state["name"]).state_dir
+    return folder / ("hostfile.openmpi" if flavour == "openmpi" else "hostfile")
 
 
 def local_command(n: int, cmd: list[str]) -> list[str]:
@@ -122,21 +160,28 @@ def _die_with(parent: int):
 def supervise(cmd: list[str], env: dict) -> int:
     """Run `cmd` (mpiexec, the agent) and return its exit code. Killing this process ends it:
     SIGTERM, SIGHUP or Ctrl-C are passed on as SIGINT (MPI ends its ranks itself) with
-    GRACE_S to finish, then SIGKILL; SIGKILL of this process kills it through PR_SET_PDEATHSIG."""
+    GRACE_S to finish, then SIGKILL, and 128 + the signal is returned; SIGKILL of this process
+    kills it through PR_SET_PDEATHSIG. The caller's signal handlers are restored on return."""
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    previous = {sig: signal.getsignal(sig) for sig in handled}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _raise_signalled)
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with(os.getpid()))
     try:
-        return proc.wait()
-    except (_Signalled, KeyboardInterrupt) as err:
-        signum = err.signum if isinstance(err, _Signalled) else signal.SIGINT
-        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(sig, signal.SIG_IGN)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(GRACE_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        return 128 + signum
+        proc = subprocess.Popen(cmd, env=env, preexec_fn=_die_with(os.getpid()))
+        try:
+            return proc.wait()
+        except (_Signalled, KeyboardInterrupt) as err:
+            signum = err.signum if isinstance(err, _Signalled) else signal.SIGINT
+            for sig in handled:
+                signal.signal(sig, signal.SIG_IGN)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(GRACE_S)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            return 128 + signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

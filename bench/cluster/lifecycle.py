@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bench import network as N
 
-from . import net, state as S
+from . import net, sshd, state as S
 from .cgroups import CpuQuota
 from .names import NS_IFACE, STATE_ROOT, ClusterNames
 from .system import ClusterError, UsageError, kill_all, run_cmd
@@ -20,8 +20,8 @@ AGENT_SOURCE = Path(__file__).with_name("agent.py")
 
 
 def fault_hook(point: str) -> None:
-    """Test hook ($DETR_CLUSTER_FAULT): `hostI` fails `up` after host I is made; `stall-hostI`
-    says so on stderr and waits there (to be killed)."""
+    """Test hook ($DETR_CLUSTER_FAULT): `hostI` (or `sshd`) fails `up` after host I (the sshds)
+    is made; `stall-hostI` (`stall-sshd`) says so on stderr and waits there (to be killed)."""
     fault = os.environ.get("DETR_CLUSTER_FAULT")
     if fault == point:
         raise ClusterError(f"injected fault after {point} (DETR_CLUSTER_FAULT)")
@@ -67,6 +67,20 @@ def make(names: ClusterNames, state: dict, cpu: CpuQuota | None, extras=()) -> N
         install_agent(state)
         for extra in extras:
             extra(state, journal)
+            fault_hook(extra.__module__.rsplit(".", 1)[-1])      # "sshd"
+        S.save(state)
+        journal.done()
+    except BaseException:
+        teardown(names, state, cpu)
+        raise
+
+
+def add(names: ClusterNames, state: dict, cpu: CpuQuota | None, step) -> None:
+    """Add a part (`step(state, journal)`, e.g. sshd) to an intact cluster, journalled like `up`."""
+    journal = S.Journal(names)
+    journal.begin()
+    try:
+        step(state, journal)
         S.save(state)
         journal.done()
     except BaseException:
@@ -136,7 +150,7 @@ def damage(state: dict, shaping: bool = False) -> list[str]:
                                  f"{N.format_rate(state['rate_bit'])}")
     found += [f"cgroup {p} missing" for p in state.get("cgroups") or [] if not Path(p).is_dir()]
     found += [f"{f} missing" for f in ("agent", "hosts.json") if not (names.state_dir / f).exists()]
-    return found
+    return found + sshd.damage(state)
 
 
 def leftovers(names: ClusterNames, cpu: CpuQuota | None = None) -> list[str]:

@@ -7,11 +7,7 @@ import os
 import signal
 import subprocess
 
-from bench.cli import CliError
-
-
-class UsageError(CliError):
-    """Invalid input or environment: one line on stderr, exit 2, nothing created."""
+from parallelism.errors import UsageError   # invalid input or environment: exit 2, nothing created
 
 
 class ClusterError(Exception):
