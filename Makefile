@@ -45,7 +45,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 ifeq ($(MPI),openmpi)
 # Open MPI defaults, read by every mpiexec of this venv (also one typed by hand): more
 # ranks than cores is an error unless oversubscribing is allowed, and ranks that wait
-# by polling without yielding starve the others on 2 cores (collectives 5x slower).
+# by polling without yielding starve the working ones when ranks share cores.
 	printf '%s\n' '# make setup MPI=openmpi' 'rmaps_default_mapping_policy = :oversubscribe' \
 	  > $(VENV)/etc/prte-mca-params.conf
 	printf '%s\n' '# make setup MPI=openmpi' 'mpi_yield_when_idle = 1' \
