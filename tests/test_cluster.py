@@ -296,6 +296,7 @@ def sizes(paths: list[Path]) -> list[int]:
 
 
 @needs_root
+@needs_hydra
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killing_run_ends_mpiexec_and_every_rank(name, tmp_path, sig):
     assert cluster("up", "--hosts", "2", "--rate", "100mbit", name=name).returncode == 0
