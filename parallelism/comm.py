@@ -369,7 +369,8 @@ def world_size() -> int:
 
 
 def mpi_versions() -> dict:
-    return {"mpi_library": MPI.Get_library_version().strip().splitlines()[0],
+    # Open MPI's version string ends in its C terminator ("...2026\x00"): drop it.
+    return {"mpi_library": MPI.Get_library_version().replace("\0", "").strip().splitlines()[0],
             "mpi4py": __import__("mpi4py").__version__}
 
 

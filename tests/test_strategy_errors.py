@@ -11,9 +11,7 @@ other waits in a collective / a receive: the job must end non-zero within
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import kernels as K
+from mpi_launcher import job_env, mpiexec, program_lines
 from parallelism import STRATEGIES, UsageError, get_strategy
 
 SCRIPT = Path(__file__).parent / "mpi_scripts" / "run_strategy.py"
@@ -78,20 +77,12 @@ def test_unknown_strategy_refused():
 
 
 # -- the real thing under mpiexec -----------------------------------------------------------
-def mpiexec() -> str | None:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else shutil.which("mpiexec")
-
-
 def run_job(args: list[str], timeout: float = 60) -> tuple[subprocess.CompletedProcess, float]:
     launcher = mpiexec()
     if launcher is None:
         pytest.skip("no mpiexec found")
-    # A clean environment for the nested job (this pytest may itself run under an MPI launcher).
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "MPIR_", "OMPI_"))}
-    env["OMP_NUM_THREADS"] = "1"
     cmd = [launcher, "-n", "2", sys.executable, str(SCRIPT), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=job_env(OMP_NUM_THREADS="1"))
     return done, time.time()
 
 
@@ -127,7 +118,7 @@ def usage_jobs():
 def test_invalid_combination_exits_2_with_one_line_on_every_rank(usage_jobs, key):
     done = usage_jobs[key]
     message = JOBS[key][1]
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = program_lines(done.stderr)
     assert done.returncode == 2, done.stderr
     # Exactly one line per rank, the same on both, naming the constraint; nothing else (no traceback).
     assert done.stderr.count(f"error: {message}") == 2, done.stderr
