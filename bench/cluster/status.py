@@ -57,7 +57,8 @@ def collect(state: dict, cpu: CpuQuota | None, measure: bool = False) -> dict:
 
 def render(status: dict, state: dict) -> str:
     from tabulate import tabulate
-    health = "intact" if status["intact"] else "DAMAGED: " + "; ".join(status["damage"]) + " (run down, then up)"
+    health = "intact" if status["intact"] else ("DAMAGED: " + "; ".join(status["damage"]) +
+                                                " (`shape --rate R` restores rates; for the rest: down, then up)")
     head = (f"cluster {status['name']!r} ({health}): {describe_line(state)}; "
             f"netem {'available' if status['netem_available'] else 'missing'}")
     device = status.get("device")
