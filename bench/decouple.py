@@ -306,7 +306,8 @@ def finish(args, out, original_dir, cfg, student, curve, settings, counts, elaps
     record = {"schema": records.SCHEMA, "bench": "decouple", "model": original_dir.name, "checkpoint": str(out),
               "n_blocks": cfg.n_blocks, "n_div": cfg.n_div, "seed": args.seed, "steps": args.steps,
               "batch": args.batch, "seq": args.seq, "lr": args.lr, "init": args.init,
-              "texts": counts, "time_s": round(elapsed, 1), "initial_loss": curve[0]["loss"] if curve else None,
+              "texts": counts, "time_s": round(elapsed, 1), "threads": args.threads,
+              "cpu_s_this_process": round(time.process_time(), 1), "initial_loss": curve[0]["loss"] if curve else None,
               "final_loss": curve[-1]["loss"] if curve else None, "loadavg_1m_start": load_start,
               "curve": [[p["step"], round(p["loss"], 5), p["elapsed_s"]] for p in curve],
               "env": {**records.local_env(), "loadavg_1m": records.loadavg()}}

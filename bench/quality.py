@@ -4,11 +4,13 @@
     python -m bench.quality --models checkpoints/minilm-nb3-ndiv2-s0 --tasks none --task-dir my_task/
 
 Tasks (fixed seeded splits, bench/textdata.py; texts cut at --seq tokens):
-  bbc       BBC News, 5 topics, 1558 train / 667 test articles: a linear probe on the
+  bbc       BBC News, 5 topics, 1506 train / 621 test articles (the 2,127 distinct ones of
+            2,225; bench/textdata.py task_split): a linear probe on the
             mean-pooled final hidden state, and a short fine-tune (the last layer and a
             linear head, --finetune-epochs over the train split; the layers below frozen,
             so their output is computed once);
-  fortunes  Debian fortunes, one class per topic file (32 classes, 60 entries each, 30% test):
+  fortunes  Debian fortunes, one class per topic file (32 classes, 60 entries each, 30% test;
+            1344 train / 575 test):
             the linear probe;
   --task-dir a GLUE-style folder of your own: train.tsv|jsonl and dev.tsv|jsonl (or test.*),
             columns `label` and `sentence` (single sentences) or `sentence1`+`sentence2`
@@ -37,7 +39,7 @@ import kernels as K
 
 from . import records
 from .cli import ArgumentParser, CliError, guard, name_list, positive_int
-from .textdata import DataError, Example, Tokenizer, bbc_news, fortunes, shipped_minilm, split
+from .textdata import DataError, Example, Tokenizer, bbc_news, fortunes, shipped_minilm, task_split
 
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("text_a", "text_b"),
                 ("premise", "hypothesis"), ("question1", "question2"))
@@ -59,9 +61,9 @@ class Task:
 # -- tasks ------------------------------------------------------------------------------
 def builtin_task(name: str) -> Task:
     if name == "bbc":
-        return Task("bbc", *split(bbc_news()), finetune=True)
+        return Task("bbc", *task_split(bbc_news()), finetune=True)
     if name == "fortunes":
-        return Task("fortunes", *split(fortunes()))
+        return Task("fortunes", *task_split(fortunes()))
     raise DataError(f"unknown task {name!r} (choose from bbc, fortunes, or give --task-dir)")
 
 

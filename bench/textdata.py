@@ -146,6 +146,17 @@ def split(examples: list[Example], test_fraction: float = TEST_FRACTION,
     return train, test
 
 
+def task_split(examples: list[Example]) -> tuple[list[Example], list[Example]]:
+    """`split`, then without repeats: each text once in train, and a test text never also in
+    train (BBC News holds 98 exact duplicate articles; scoring one against its copy would
+    measure memory, not the model). Distillation uses `split`'s train part: the same texts."""
+    train, test = split(examples)
+    seen: set[str] = set()
+    unique_train = [e for e in train if not (e.text in seen or seen.add(e.text))]
+    unique_test = [e for e in test if not (e.text in seen or seen.add(e.text))]
+    return unique_train, unique_test
+
+
 def paragraphs(text: str) -> list[str]:
     return [" ".join(p.split()) for p in text.split("\n\n") if p.strip()]
 
