@@ -42,8 +42,10 @@ import torch
 import kernels as K
 from kernels.layers import LayerWeights, tensors_of
 
+from parallelism.errors import UsageError
+
 from . import records
-from .cli import ArgumentParser, CliError, guard, name_list, nonneg_int, positive_int
+from .cli import ArgumentParser, finite_float, name_list, nonneg_int, positive_int, run
 from .textdata import CORPORA, TOKENIZER_FILES, DataError, Tokenizer, distillation_texts, shipped_minilm
 
 STATE = "distill-state.pt"
@@ -66,7 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=positive_int, default=150, help="optimizer steps (default 150)")
     p.add_argument("--batch", type=positive_int, default=16, help="texts per step (default 16)")
     p.add_argument("--seq", type=positive_int, default=64, help="max tokens per text (default 64)")
-    p.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (default 3e-4)")
+    p.add_argument("--lr", type=finite_float(1e-9, 1.0), default=3e-4, help="AdamW peak learning rate (default 3e-4)")
     p.add_argument("--init", default="lsq", choices=("lsq", "slice"),
                    help="sub-block init: least-squares fit from the slice (default) or the plain slice")
     p.add_argument("--seed", type=int, default=0, help="seed of the data order (default 0)")
@@ -79,8 +81,6 @@ def parse_args(argv=None):
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     args.corpus = [] if args.corpus == "none" else name_list(args.corpus)
-    if not math.isfinite(args.lr) or args.lr <= 0:
-        raise CliError(f"--lr must be a positive number, got {args.lr}")
     return args
 
 
@@ -192,9 +192,9 @@ def load_original(folder) -> tuple[Path, K.ModelConfig, K.ModelWeights]:
     try:
         cfg, weights = K.load_checkpoint(folder)
     except K.ConfigError as err:
-        raise CliError(str(err)) from None
+        raise UsageError(str(err)) from None
     if cfg.is_decoupled:
-        raise CliError(f"{folder} is already decoupled (n_blocks={cfg.n_blocks}, n_div={cfg.n_div}); "
+        raise UsageError(f"{folder} is already decoupled (n_blocks={cfg.n_blocks}, n_div={cfg.n_div}); "
                        "give the original checkpoint")
     return folder, cfg, weights
 
@@ -220,9 +220,9 @@ def main(argv=None) -> int:
     try:
         cfg = teacher_cfg.replace(n_blocks=args.nb, n_div=args.ndiv)
     except K.ConfigError as err:
-        raise CliError(f"--nb {args.nb} --ndiv {args.ndiv} for {teacher_cfg.describe()}: {err}") from None
+        raise UsageError(f"--nb {args.nb} --ndiv {args.ndiv} for {teacher_cfg.describe()}: {err}") from None
     if not cfg.is_decoupled:
-        raise CliError(f"--nb {args.nb} equals the layer count {cfg.layers}: nothing to decouple (N_b < layers)")
+        raise UsageError(f"--nb {args.nb} equals the layer count {cfg.layers}: nothing to decouple (N_b < layers)")
     texts = distillation_texts(args.corpus, args.text)
     counts = {name: len(part) for name, part in texts.items()}
     tokenizer = Tokenizer(original_dir, args.seq)
@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise CliError(f"--out {out}: {err.strerror or err}") from None
+        raise UsageError(f"--out {out}: {err.strerror or err}") from None
 
     inputs = None
     if args.init == "lsq":  # 64 texts drawn like step -1's batch (the same for every --seed)
@@ -247,7 +247,7 @@ def main(argv=None) -> int:
     if state_path.is_file() and not args.fresh:
         state = torch.load(state_path, weights_only=False)
         if state["settings"] != settings:
-            raise CliError(f"{state_path} was saved by another run ({state['settings']}); "
+            raise UsageError(f"{state_path} was saved by another run ({state['settings']}); "
                            "use --fresh or another --out")
         with torch.no_grad():
             for t, saved in zip(params, state["tensors"]):
@@ -268,7 +268,7 @@ def main(argv=None) -> int:
         loss, parts = distill_loss(cfg, student, teacher_cfg, teacher, ids, mask)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            raise CliError(f"loss is {loss_value} at step {step}: lower --lr")
+            raise UsageError(f"loss is {loss_value} at step {step}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -310,7 +310,7 @@ def finish(args, out, original_dir, cfg, student, curve, settings, counts, elaps
               "cpu_s_this_process": round(time.process_time(), 1), "initial_loss": curve[0]["loss"] if curve else None,
               "final_loss": curve[-1]["loss"] if curve else None, "loadavg_1m_start": load_start,
               "curve": [[p["step"], round(p["loss"], 5), p["elapsed_s"]] for p in curve],
-              "env": {**records.local_env(), "loadavg_1m": records.loadavg()}}
+              "env": records.env_block()}
     records.append_jsonl(args.record, records.clean(record))
     say(args, f"decoupled checkpoint written to {out} in {elapsed:.0f}s (loss {record['initial_loss']:.4f} -> "
               f"{record['final_loss']:.4f}); run it: mpiexec -n 2 python -m bench.latency --model {out} "
@@ -323,4 +323,4 @@ def say(args, message: str) -> None:
 
 
 if __name__ == "__main__":
-    guard(main)
+    run(main)

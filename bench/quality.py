@@ -37,8 +37,10 @@ import torch.nn.functional as F
 
 import kernels as K
 
+from parallelism.errors import UsageError
+
 from . import records
-from .cli import ArgumentParser, CliError, guard, name_list, positive_int
+from .cli import ArgumentParser, name_list, positive_int, run
 from .textdata import DataError, Example, Tokenizer, bbc_news, fortunes, shipped_minilm, task_split
 
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("text_a", "text_b"),
@@ -119,7 +121,7 @@ class Encoder:
         try:
             self.cfg, self.weights = K.load_checkpoint(folder)
         except K.ConfigError as err:
-            raise CliError(str(err)) from None
+            raise UsageError(str(err)) from None
         self.folder, self.seq, self.batch = folder, seq, batch
         self.tokenizer = Tokenizer(folder, seq)
         self.info = json.loads((folder / "config.json").read_text())
@@ -241,7 +243,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.tasks = [] if args.tasks == "none" else name_list(args.tasks)
     if not args.tasks and not args.task_dir:
-        raise CliError("nothing to evaluate: --tasks none and no --task-dir")
+        raise UsageError("nothing to evaluate: --tasks none and no --task-dir")
     return args
 
 
@@ -257,11 +259,12 @@ def reference_of(enc: Encoder, original: str | None) -> Path | None:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.env = records.local_env()
     tasks = [builtin_task(name) for name in args.tasks] + [folder_task(d, args.max_examples) for d in args.task_dir]
     folders = [Path(m) for m in args.models] if args.models else [shipped_minilm()]
     for folder in folders:
         if not (folder / "config.json").is_file():
-            raise CliError(f"--models {folder}: not a checkpoint folder (no config.json)")
+            raise UsageError(f"--models {folder}: not a checkpoint folder (no config.json)")
     reference_cache: dict[tuple, torch.Tensor] = {}
     rows, start = [], time.perf_counter()
     for m, folder in enumerate(folders):
@@ -305,7 +308,7 @@ def make_record(args, enc: Encoder, task: Task, method: str, seed: int, accuracy
             "classes": len(task.classes), "n_train": len(task.train), "n_test": len(task.test), "seq": args.seq,
             "finetune_epochs": args.finetune_epochs if method == "finetune" else None,
             "distillation": enc.info.get("distillation"),
-            "env": {**records.local_env(), "loadavg_1m": records.loadavg()}}
+            "env": records.env_block(args.env)}
 
 
 def print_table(args, rows: list[dict]) -> None:
@@ -333,4 +336,4 @@ def say(args, message: str) -> None:
 
 
 if __name__ == "__main__":
-    guard(main)
+    run(main)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from parallelism.errors import UsageError
+
 from . import records
-from .cli import ArgumentParser, CliError, guard
+from .cli import ArgumentParser, run
 
 COLUMNS = [("bbc", "probe", "BBC probe"), ("bbc", "finetune", "BBC fine-tune"), ("fortunes", "probe", "fortunes probe")]
 ACCEPT = {"bbc": 1.0, "fortunes": 2.0}  # points below the original allowed (issue 13)
@@ -67,7 +69,7 @@ def cell(seeds: dict | None) -> str:
 def accuracy_table(summary: dict, distillations: dict) -> tuple[list[str], list[dict]]:
     originals = [e for e in summary.values() if config_key(e["first"])[0] == 0]
     if not originals:
-        raise CliError("no record of an original model (n_blocks == layers) among the quality records")
+        raise UsageError("no record of an original model (n_blocks == layers) among the quality records")
     base = originals[0]
     lines = ["| model | N_b | N_div | " + " | ".join(f"{title} %" for _, _, title in COLUMNS)
              + " | change vs original (points) | cosine vs original (BBC / fortunes) | distillation |",
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
     decouple = [r for r in records.read_records(args.decouple) if r.get("bench") == "decouple"] if args.decouple else []
     latency = [r for r in records.read_records(args.latency) if r.get("bench") == "latency"] if args.latency else []
     if not quality:
-        raise CliError("no bench.quality records in " + ", ".join(args.quality))
+        raise UsageError("no bench.quality records in " + ", ".join(args.quality))
     distillations = {Path(r["checkpoint"]).name: r for r in decouple}
     table, moves = accuracy_table(summarise(quality), distillations)
     out_dir = Path(args.out_dir)
@@ -185,7 +187,7 @@ def main(argv=None) -> int:
         try:
             text += ["## Notes", "", Path(args.notes).read_text().strip(), ""]
         except OSError as err:
-            raise CliError(f"--notes {args.notes}: {err.strerror or err}") from None
+            raise UsageError(f"--notes {args.notes}: {err.strerror or err}") from None
     text += ["## Accuracy, original vs decoupled", "", *table, "",
             "Acceptance (issue 13: BBC within 1 point, fortunes within 2 points of the original, probe, mean of seeds):",
             "", *acceptance(moves), ""]
@@ -205,4 +207,4 @@ def first_of(quality: list[dict], task: str, key: str):
 
 
 if __name__ == "__main__":
-    guard(main)
+    run(main)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import CliError
+from parallelism.errors import UsageError
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.3
@@ -38,7 +38,7 @@ FORTUNES_MIN_ENTRIES = 100
 FORTUNES_PER_CLASS = 60
 
 
-class DataError(CliError):
+class DataError(UsageError):
     """A corpus, model or package that is not installed, or text that is not there."""
 
 

@@ -191,16 +191,16 @@ def test_distillation_bad_inputs(capsys, minilm_dir, tmp_path):
 @pytest.mark.parametrize("boundary", ["replicate", "tp"])
 def test_bp_on_decoupled_checkpoint_folder(tmp_path, boundary):
     from bench import harness as H
-    from parallelism import Communicator, UsageError
+    from parallelism import STRATEGIES, Communicator, UsageError
     comm = Communicator()
     saved_tiny(tmp_path)  # every rank its own copy of the same seeded weights
     model = H.resolve_model(str(tmp_path))
     cfg, weights = model.config(True), model.weights(True)
     try:
-        H.STRATEGIES["bp"].check(cfg, comm.size, boundary=boundary)
+        STRATEGIES["bp"].check(cfg, comm.size, boundary=boundary)
     except UsageError as err:
         pytest.skip(f"P={comm.size}: {err}")
     ids, mask = padded_batch(cfg.vocab)
     types = (torch.arange(ids.shape[1]) >= ids.shape[1] // 2).long().expand_as(ids)
-    out = H.STRATEGIES["bp"](cfg, weights, comm, boundary=boundary).forward(ids, mask, types)
+    out = STRATEGIES["bp"](cfg, weights, comm, boundary=boundary).forward(ids, mask, types)
     torch.testing.assert_close(out, K.ReferenceModel(cfg, weights)(ids, mask, types), rtol=1e-5, atol=1e-5)
