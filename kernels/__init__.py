@@ -4,9 +4,9 @@ from .config import (FP32, PRESETS, ConfigError, ModelConfig, embedding_params, 
                      layer_gemms, layer_index_params, layer_params, model_params, preset)
 from .layers import (EmbeddingWeights, LayerWeights, additive_mask, attention, attention_residual,
                      embed, ffn, ffn_residual, layer_forward, layer_norm, project_qkv)
-from .model import ReferenceModel, decoupled_layer_forward
+from .model import ReferenceModel, block_outputs, decoupled_layer_forward
 from .weights import (LazyWeights, ModelWeights, config_from_checkpoint, init_embeddings, init_layer,
-                      init_sub_block, init_weights, load_checkpoint)
+                      init_sub_block, init_weights, load_checkpoint, save_checkpoint, state_dict)
 
 __all__ = [
     "FP32", "PRESETS", "ConfigError", "ModelConfig", "embedding_params", "forward_flops", "layer_flops",
@@ -14,7 +14,7 @@ __all__ = [
     "preset",
     "EmbeddingWeights", "LayerWeights", "additive_mask", "attention", "attention_residual", "embed",
     "ffn", "ffn_residual", "layer_forward", "layer_norm", "project_qkv",
-    "ReferenceModel", "decoupled_layer_forward",
+    "ReferenceModel", "block_outputs", "decoupled_layer_forward",
     "LazyWeights", "ModelWeights", "config_from_checkpoint", "init_embeddings", "init_layer", "init_sub_block",
-    "init_weights", "load_checkpoint",
+    "init_weights", "load_checkpoint", "save_checkpoint", "state_dict",
 ]

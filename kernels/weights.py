@@ -131,24 +131,49 @@ class LazyWeights:
 
 
 # -- real checkpoints ---------------------------------------------------------------
+# A checkpoint is a Hugging Face BERT folder: config.json + model.safetensors (or
+# pytorch_model.bin). A decoupled checkpoint is the same folder with two more config keys,
+# "n_blocks" and "n_div", and its decoupled layers stored per sub-block: sub-block j of
+# layer i under "encoder.layer.{i}.sub_block.{j}." followed by the names an original layer
+# uses (attention.self.query.weight ... output.LayerNorm.bias), with the sub-block's shapes:
+#   attention.self.{query,key,value}.weight (h, h/N_div), .bias (h,)
+#   attention.output.dense.weight (h/N_div, h), .bias (h/N_div,); attention.output.LayerNorm.* (h/N_div,)
+#   intermediate.dense.weight (f, h/N_div), .bias (f,); output.dense.weight (h/N_div, f), .bias (h/N_div,)
+#   output.LayerNorm.* (h/N_div,)
+# Embeddings and the boundary (original) layers keep their Hugging Face names and shapes.
+DECOUPLED_KEYS = ("n_blocks", "n_div")
+
+
+def sub_block_prefix(layer: int, sub_block: int) -> str:
+    return f"encoder.layer.{layer}.sub_block.{sub_block}."
+
+
 def config_from_checkpoint(folder: str | Path) -> ModelConfig:
+    """The model a checkpoint folder holds (decoupled if its config.json has n_blocks/n_div)."""
     folder = Path(folder)
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(f"{folder}: no config.json (expected a Hugging Face BERT checkpoint folder)")
-    hf = json.loads(path.read_text())
+    try:
+        hf = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err})") from None
     if hf.get("hidden_act", "gelu") != "gelu":
         raise ConfigError(f"{path}: hidden_act {hf['hidden_act']!r} unsupported (only erf GELU, 'gelu')")
     if hf.get("position_embedding_type", "absolute") != "absolute":
         raise ConfigError(f"{path}: only absolute position embeddings are supported")
     try:
-        return ModelConfig(
+        cfg = ModelConfig(
             name=folder.name or "checkpoint", layers=hf["num_hidden_layers"], hidden=hf["hidden_size"],
             heads=hf["num_attention_heads"], ffn=hf["intermediate_size"], vocab=hf["vocab_size"],
             max_positions=hf["max_position_embeddings"], type_vocab=hf.get("type_vocab_size", 2),
-            ln_eps=float(hf.get("layer_norm_eps", 1e-12)))
+            ln_eps=float(hf.get("layer_norm_eps", 1e-12)),
+            n_blocks=hf.get("n_blocks"), n_div=hf.get("n_div", 1))
     except KeyError as missing:
         raise ConfigError(f"{path}: missing key {missing}") from None
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    return cfg
 
 
 def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
@@ -163,42 +188,133 @@ def _read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("bert."): v.float() for k, v in state.items()}
 
 
-def load_checkpoint(folder: str | Path, cfg: ModelConfig | None = None) -> tuple[ModelConfig, ModelWeights]:
-    """Load a Hugging Face `BertModel` checkpoint folder into the original model.
+def _embedding_names(e: EmbeddingWeights) -> dict[str, torch.Tensor]:
+    return {"embeddings.word_embeddings.weight": e.word, "embeddings.position_embeddings.weight": e.position,
+            "embeddings.token_type_embeddings.weight": e.token_type,
+            "embeddings.LayerNorm.weight": e.ln_weight, "embeddings.LayerNorm.bias": e.ln_bias}
 
-    A decoupled `cfg` is refused: a decoupled model has other weight shapes,
-    which come from training it, not from an original checkpoint.
+
+EMBEDDING_KEYS = tuple(_embedding_names(EmbeddingWeights(*[None] * 5)))  # in EmbeddingWeights' field order
+
+
+def _layer_names(w: LayerWeights, p: str) -> dict[str, torch.Tensor]:
+    """One layer (or sub-block) under Hugging Face's names after prefix `p`; q, k, v unfused."""
+    state = {}
+    for name, weight, bias in zip(("query", "key", "value"), w.qkv_weight.chunk(3), w.qkv_bias.chunk(3)):
+        state[f"{p}attention.self.{name}.weight"], state[f"{p}attention.self.{name}.bias"] = weight, bias
+    state.update({
+        f"{p}attention.output.dense.weight": w.out_weight, f"{p}attention.output.dense.bias": w.out_bias,
+        f"{p}attention.output.LayerNorm.weight": w.ln1_weight, f"{p}attention.output.LayerNorm.bias": w.ln1_bias,
+        f"{p}intermediate.dense.weight": w.ffn_in_weight, f"{p}intermediate.dense.bias": w.ffn_in_bias,
+        f"{p}output.dense.weight": w.ffn_out_weight, f"{p}output.dense.bias": w.ffn_out_bias,
+        f"{p}output.LayerNorm.weight": w.ln2_weight, f"{p}output.LayerNorm.bias": w.ln2_bias})
+    return state
+
+
+def state_dict(weights: ModelWeights) -> dict[str, torch.Tensor]:
+    """Our weights under Hugging Face BertModel's names (the inverse of `load_checkpoint`);
+    a decoupled layer's sub-blocks under their `sub_block_prefix`."""
+    state = _embedding_names(weights.embeddings)
+    for i, layer in enumerate(weights.layers):
+        if isinstance(layer, list):
+            for j, w in enumerate(layer):
+                state.update(_layer_names(w, sub_block_prefix(i, j)))
+        else:
+            state.update(_layer_names(layer, f"encoder.layer.{i}."))
+    return state
+
+
+def _layer_from(take, p: str) -> LayerWeights:
+    qkv = [f"{p}attention.self.{name}" for name in ("query", "key", "value")]
+    return LayerWeights(
+        qkv_weight=torch.cat([take(f"{n}.weight") for n in qkv]), qkv_bias=torch.cat([take(f"{n}.bias") for n in qkv]),
+        out_weight=take(f"{p}attention.output.dense.weight"), out_bias=take(f"{p}attention.output.dense.bias"),
+        ln1_weight=take(f"{p}attention.output.LayerNorm.weight"), ln1_bias=take(f"{p}attention.output.LayerNorm.bias"),
+        ffn_in_weight=take(f"{p}intermediate.dense.weight"), ffn_in_bias=take(f"{p}intermediate.dense.bias"),
+        ffn_out_weight=take(f"{p}output.dense.weight"), ffn_out_bias=take(f"{p}output.dense.bias"),
+        ln2_weight=take(f"{p}output.LayerNorm.weight"), ln2_bias=take(f"{p}output.LayerNorm.bias"))
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor name a checkpoint of `cfg` holds, with its shape (from the seeded init's shapes)."""
+    h = cfg.hidden
+    emb = EmbeddingWeights(*(torch.empty(shape, device="meta") for shape in (
+        (cfg.vocab, h), (cfg.max_positions, h), (cfg.type_vocab, h), (h,), (h,))))
+    layers: list[Layer] = []
+    for i in range(cfg.layers):
+        widths = [h] if cfg.is_boundary(i) else [cfg.sub_width] * cfg.n_div
+        blocks = [_meta_layer(cfg, w) for w in widths]
+        layers.append(blocks[0] if cfg.is_boundary(i) else blocks)
+    return {k: tuple(v.shape) for k, v in state_dict(ModelWeights(emb, layers)).items()}
+
+
+def _meta_layer(cfg: ModelConfig, width: int) -> LayerWeights:
+    h, f = cfg.hidden, cfg.ffn
+    shapes = [(3 * h, width), (3 * h,), (width, h), (width,), (width,), (width,),
+              (f, width), (f,), (width, f), (width,), (width,), (width,)]
+    return LayerWeights(*(torch.empty(s, device="meta") for s in shapes))
+
+
+def load_checkpoint(folder: str | Path, cfg: ModelConfig | None = None) -> tuple[ModelConfig, ModelWeights]:
+    """Load a checkpoint folder: an original Hugging Face `BertModel`, or a decoupled one
+    (see the format above). Every tensor's shape is checked against the folder's config.
+
+    A `cfg` of another shape than the folder's is refused: in particular a decoupled
+    model needs trained decoupled weights (`python -m bench.decouple` makes them),
+    not an original checkpoint.
     """
     folder = Path(folder)
     found = config_from_checkpoint(folder)
-    if cfg is not None and cfg.is_decoupled:
-        raise ConfigError(f"{folder} holds an original BERT; a decoupled model "
-                          f"(n_blocks={cfg.n_blocks} < layers={cfg.layers}) needs trained decoupled "
-                          "weights, not an original checkpoint: use a seed instead")
+    if cfg is not None and (cfg.n_blocks, cfg.n_div if cfg.is_decoupled else 1) != \
+            (found.n_blocks, found.n_div if found.is_decoupled else 1):
+        held = (f"a decoupled model (n_blocks={found.n_blocks}, n_div={found.n_div})" if found.is_decoupled
+                else "an original BERT")
+        raise ConfigError(f"{folder} holds {held}; asked for {cfg.describe()}: a decoupled model needs "
+                          "trained decoupled weights of its own shape (python -m bench.decouple makes them)")
     state = _read_state_dict(folder)
+    shapes = expected_shapes(found)
 
     def take(key: str) -> torch.Tensor:
         if key not in state:
             raise ConfigError(f"{folder}: checkpoint has no tensor {key!r}")
+        if tuple(state[key].shape) != shapes[key]:
+            raise ConfigError(f"{folder}: tensor {key!r} has shape {tuple(state[key].shape)}, "
+                              f"config.json implies {shapes[key]}")
         return state[key].contiguous()
 
-    emb = EmbeddingWeights(
-        word=take("embeddings.word_embeddings.weight"),
-        position=take("embeddings.position_embeddings.weight"),
-        token_type=take("embeddings.token_type_embeddings.weight"),
-        ln_weight=take("embeddings.LayerNorm.weight"), ln_bias=take("embeddings.LayerNorm.bias"))
+    emb = EmbeddingWeights(*(take(k) for k in EMBEDDING_KEYS))
     layers: list[Layer] = []
     for i in range(found.layers):
-        p = f"encoder.layer.{i}."
-        qkv = [f"{p}attention.self.{name}" for name in ("query", "key", "value")]
-        layers.append(LayerWeights(
-            qkv_weight=torch.cat([take(f"{n}.weight") for n in qkv]),
-            qkv_bias=torch.cat([take(f"{n}.bias") for n in qkv]),
-            out_weight=take(f"{p}attention.output.dense.weight"),
-            out_bias=take(f"{p}attention.output.dense.bias"),
-            ln1_weight=take(f"{p}attention.output.LayerNorm.weight"),
-            ln1_bias=take(f"{p}attention.output.LayerNorm.bias"),
-            ffn_in_weight=take(f"{p}intermediate.dense.weight"), ffn_in_bias=take(f"{p}intermediate.dense.bias"),
-            ffn_out_weight=take(f"{p}output.dense.weight"), ffn_out_bias=take(f"{p}output.dense.bias"),
-            ln2_weight=take(f"{p}output.LayerNorm.weight"), ln2_bias=take(f"{p}output.LayerNorm.bias")))
+        if found.is_boundary(i):
+            layers.append(_layer_from(take, f"encoder.layer.{i}."))
+        else:
+            layers.append([_layer_from(take, sub_block_prefix(i, j)) for j in range(found.n_div)])
     return found, ModelWeights(emb, layers)
+
+
+def save_checkpoint(folder: str | Path, cfg: ModelConfig, weights: ModelWeights, extra_config: dict | None = None,
+                    base_config: dict | None = None) -> Path:
+    """Write `weights` into checkpoint folder `folder` (config.json + model.safetensors;
+    decoupled: n_blocks and n_div in config.json) so that `load_checkpoint` reads them back.
+    `base_config` (e.g. the original's config.json) keeps the keys this model does not set.
+    Each file is written under a temporary name and renamed, the weights first."""
+    from safetensors.torch import save_file
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = {**(base_config or {}), "architectures": ["BertModel"], "model_type": "bert",
+          "num_hidden_layers": cfg.layers, "hidden_size": cfg.hidden, "num_attention_heads": cfg.heads,
+          "intermediate_size": cfg.ffn, "vocab_size": cfg.vocab, "max_position_embeddings": cfg.max_positions,
+          "type_vocab_size": cfg.type_vocab, "layer_norm_eps": cfg.ln_eps, "hidden_act": "gelu",
+          "position_embedding_type": "absolute", **(extra_config or {})}
+    for key in DECOUPLED_KEYS:
+        hf.pop(key, None)
+    if cfg.is_decoupled:
+        hf.update(n_blocks=cfg.n_blocks, n_div=cfg.n_div)
+    state = {k: v.detach().contiguous() for k, v in state_dict(weights).items()}
+    partial = folder / "model.safetensors.partial"
+    save_file(state, str(partial))
+    partial.replace(folder / "model.safetensors")
+    partial = folder / "config.json.partial"
+    partial.write_text(json.dumps(hf, indent=2) + "\n")
+    partial.replace(folder / "config.json")
+    return folder

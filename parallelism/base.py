@@ -48,9 +48,10 @@ class Strategy(ABC):
             raise UsageError(f"{cls.name} runs {kind} model, got {cfg.describe()}")
 
     @abstractmethod
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
-        """(B, s) ids and mask, identical on every rank -> (B, s, h) output on
-        the ranks where `holds_output` is true, None elsewhere."""
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """(B, s) ids, mask and token types (None: all 0), identical on every rank ->
+        (B, s, h) output on the ranks where `holds_output` is true, None elsewhere."""
 
     def holds_output(self) -> bool:
         return True
@@ -86,6 +87,6 @@ class Strategy(ABC):
     def weights_bytes_here(self) -> int:
         return type(self).weights_bytes(self.cfg, self.comm.size, self.comm.rank, **self.opts)
 
-    def __call__(self, input_ids, attention_mask):
-        return self.forward(input_ids, attention_mask)
+    def __call__(self, input_ids, attention_mask, token_type_ids=None):
+        return self.forward(input_ids, attention_mask, token_type_ids)
 

@@ -125,7 +125,7 @@ class BlockParallel(Strategy):
         return [list(range(r * per, (r + 1) * per)) for r in range(world_size)]
 
     @torch.inference_mode()
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         cfg, comm = self.cfg, self.comm
         batch, seq = input_ids.shape
         w_sub, heads, eps = cfg.sub_width, cfg.heads, cfg.ln_eps
@@ -133,7 +133,7 @@ class BlockParallel(Strategy):
         counts = [len(part) * batch * seq * w_sub for part in self.assignment]
         gathered = torch.empty((cfg.n_div, batch, seq, w_sub))
 
-        x = embed(input_ids, self.embeddings, eps)
+        x = embed(input_ids, self.embeddings, eps, token_type_ids)
         for decoupled, boundary in self.blocks:
             slices = [x[..., i * w_sub:(i + 1) * w_sub] for i in self.mine]  # strided views, no copy
             for sub_blocks in decoupled:  # no communication inside the block

@@ -9,9 +9,11 @@ and compute nothing (handled, not refused).
 
 What it communicates, per forward (requests arrive at rank 0, answers leave
 from rank 0):
-- one scatterv from rank 0 of the token ids and the padding mask, packed into
-  one int32 buffer (B, 2, s): rank r receives rows[r] * 2 * s * 4 bytes
-  (counted on rank 0: payload = bus = everything but its own rows);
+- one scatterv from rank 0 of the token ids, the padding mask and the token
+  type ids, packed into one int32 buffer (B, PACKED_ROWS=3, s) (the types row
+  travels also when no types are given, as zeros, so the bytes do not depend
+  on it): rank r receives rows[r] * 3 * s * 4 bytes (counted on rank 0:
+  payload = bus = everything but its own rows);
 - one gatherv to rank 0 of the fp32 outputs (rows[r], s, h): a non-root rank
   counts rows[r] * s * h * 4 bytes, rank 0 counts 0.
 The full (B, s, h) output lands on rank 0 only (`holds_output`).
@@ -26,8 +28,8 @@ from kernels import FP32, ReferenceModel, forward_flops, model_params
 from .base import Strategy
 from .traffic import charge
 
-INPUT_DTYPE = torch.int32  # token ids and mask travel as int32 (vocabularies are < 2**31)
-PACKED_ROWS = 2            # per sequence: its token ids and its padding mask, in one buffer
+INPUT_DTYPE = torch.int32  # token ids, mask and types travel as int32 (vocabularies are < 2**31)
+PACKED_ROWS = 3            # rows per sequence in the scattered input buffer: ids, mask, token types
 
 
 def even_split(n: int, parts: int) -> list[int]:
@@ -46,7 +48,7 @@ class DataParallel(Strategy):
         self._bytes = weights.nbytes()
 
     @torch.inference_mode()
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         comm, rank = self.comm, self.comm.rank
         batch, seq = input_ids.shape
         rows = even_split(batch, comm.size)
@@ -56,12 +58,14 @@ class DataParallel(Strategy):
         if rank == self.root:
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            packed = torch.stack((input_ids.to(INPUT_DTYPE), attention_mask.to(INPUT_DTYPE)), dim=1)
+            if token_type_ids is None:
+                token_type_ids = torch.zeros_like(input_ids)
+            packed = torch.stack([t.to(INPUT_DTYPE) for t in (input_ids, attention_mask, token_type_ids)], dim=1)
         local = torch.empty((mine, PACKED_ROWS, seq), dtype=INPUT_DTYPE)
         comm.scatterv(packed, [r * PACKED_ROWS * seq for r in rows], local, self.root)
 
         if mine:
-            out_local = self.model.forward(local[:, 0], local[:, 1])
+            out_local = self.model.forward(local[:, 0], local[:, 1], local[:, 2])
         else:
             out_local = torch.empty((0, seq, self.cfg.hidden))
         full = torch.empty((batch, seq, self.cfg.hidden)) if rank == self.root else None

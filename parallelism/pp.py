@@ -15,7 +15,7 @@ runs its layers and isends the result (B_j, s, h) fp32 to stage r+1, so
 that while stage r+1 works on micro-batch j, stage r already computes j+1.
 Per stage boundary and micro-batch: one send/recv of B_j*s*h*4 bytes, i.e.
 T = B*s*h*4 per boundary per forward summed over micro-batches. Every rank
-has the (identical) ids and padding mask, so only activations move. The
+has the (identical) ids, padding mask and token types, so only activations move. The
 full (B, s, h) output lands on the last stage (`holds_output`). Refused:
 more stages than layers, micro_batches < 1.
 """
@@ -110,7 +110,7 @@ class PipelineParallel(Strategy):
         return even_split(batch, min(int_option(cls.name, "micro_batches", micro_batches, 1), batch))
 
     @torch.inference_mode()
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         comm, cfg = self.comm, self.cfg
         batch, seq = input_ids.shape
         rows = self.micro_rows(batch, self.micro_batches)
@@ -126,7 +126,8 @@ class PipelineParallel(Strategy):
         for j, (a, n) in enumerate(zip(starts, rows)):
             m = None if mask is None else mask[a:a + n]
             if self.first:
-                x = embed(input_ids[a:a + n], self.embeddings, cfg.ln_eps)
+                types = None if token_type_ids is None else token_type_ids[a:a + n]
+                x = embed(input_ids[a:a + n], self.embeddings, cfg.ln_eps, types)
             else:
                 x = receives[j].wait()
             for w in self.layers:

@@ -26,8 +26,8 @@ class Serial(Strategy):
         pass  # any model, any communicator: every rank computes everything
 
     @torch.inference_mode()
-    def forward(self, input_ids, attention_mask):
-        return self.model.forward(input_ids, attention_mask)
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.model.forward(input_ids, attention_mask, token_type_ids)
 
     def held_bytes(self) -> int:
         return self._bytes

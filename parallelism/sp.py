@@ -56,7 +56,7 @@ class SequenceParallel(Strategy):
         return even_split(seq, world)
 
     @torch.inference_mode()
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         cfg, comm = self.cfg, self.comm
         batch, seq = input_ids.shape
         tokens = self.tokens(seq, comm.size)
@@ -64,7 +64,8 @@ class SequenceParallel(Strategy):
         h, heads, d, eps = cfg.hidden, cfg.heads, cfg.head_dim, cfg.ln_eps
         mask = additive_mask(attention_mask)  # (B, 1, 1, s): over all keys
 
-        x = embed(input_ids[:, start:start + mine], self.embeddings, eps,
+        types = None if token_type_ids is None else token_type_ids[:, start:start + mine]
+        x = embed(input_ids[:, start:start + mine], self.embeddings, eps, types,
                   position_ids=torch.arange(start, start + mine))
         kv_counts = [n * batch * 2 * h for n in tokens]
         send = torch.empty((mine, batch, 2, heads, d))

@@ -125,9 +125,9 @@ class TensorParallel(Strategy):
         check_tp_divisible(cfg, world_size, cls.name)
 
     @torch.inference_mode()
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
         mask = additive_mask(attention_mask)
-        x = embed(input_ids, self.embeddings, self.cfg.ln_eps)
+        x = embed(input_ids, self.embeddings, self.cfg.ln_eps, token_type_ids)
         for layer in self.layers:
             x = layer(x, mask)
         return x

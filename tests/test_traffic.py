@@ -43,7 +43,7 @@ def test_unequal_parts():
     table = STRATEGIES["bp"].expected_traffic(cfg, 2, 0, 1, 8, assignment="0,1,2/3")
     assert table == {"allgather": Traffic(2, 2 * 3 * slice_bytes, 2 * 1 * slice_bytes)}
     dp = [STRATEGIES["dp"].expected_traffic(cfg.original(), 3, r, 4, 8) for r in range(3)]
-    assert dp[0]["scatter"].payload == (4 - 2) * 2 * 8 * 4   # rows 2,1,1: the root hands out 2 rows
+    assert dp[0]["scatter"].payload == (4 - 2) * 3 * 8 * 4   # rows 2,1,1: the root hands out 2 rows of ids, mask, types
     assert dp[1]["gather"].payload == 1 * 8 * 64 * 4
 
 

