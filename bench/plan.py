@@ -17,10 +17,11 @@ from __future__ import annotations
 import json
 import re
 
-from kernels import ConfigError, PRESETS, preset
+from kernels import ConfigError
 from parallelism import UsageError
 
 from . import cli, machine as M, planner, profiles
+from .models import resolve_model
 from .network import parse_rate
 
 EPILOG = """Memory per host = weights (the strategy's weights_bytes) + activations and communication
@@ -93,16 +94,9 @@ def make_parser():
 
 
 def model_config(spec: str):
-    from pathlib import Path
-    from kernels.weights import config_from_checkpoint
-    try:
-        if spec in PRESETS:
-            return preset(spec), None
-        if Path(spec).is_dir():
-            return config_from_checkpoint(spec), f"{spec} holds original BERT weights (bp needs trained decoupled ones)"
-    except ConfigError as err:
-        raise UsageError(str(err)) from None
-    raise UsageError(f"--model {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
+    """(original config, None if bp may run on it else why not)."""
+    model = resolve_model(spec)
+    return model.original, (model.decoupled_error if model.checkpoint is not None else None)
 
 
 def select_hosts(profile: dict, spec: str | None, path) -> dict:

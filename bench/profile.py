@@ -29,12 +29,11 @@ from time import perf_counter, process_time
 
 import torch
 
-from kernels import ConfigError, PRESETS, preset
-from kernels.weights import config_from_checkpoint
 from parallelism import UsageError
 
 from . import cli, records
 from .costmodel import cost_bytes
+from .models import resolve_model
 from .profiles import SCHEMA, model_of, validate
 from .profile_kernels import measure_kernels
 
@@ -76,17 +75,6 @@ def make_parser():
                    help="profile JSON (default results/profile-<UTC time>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p
-
-
-def model_config(spec: str):
-    try:
-        if spec in PRESETS:
-            return preset(spec)
-        if Path(spec).is_dir():
-            return config_from_checkpoint(spec)
-    except ConfigError as err:
-        raise UsageError(str(err)) from None
-    raise UsageError(f"--model {spec!r}: neither a preset ({', '.join(PRESETS)}) nor a checkpoint folder")
 
 
 # -- this host ----------------------------------------------------------------------------------
@@ -226,7 +214,7 @@ def op_sizes(op: str, world: int, bandwidth: float, max_s: float, model_sizes) -
     return sorted(sizes)
 
 
-def measure_collectives(comm, links, model_sizes, args, say) -> list[dict]:
+def measure_collectives(comm, links, model_sizes, reps: int, max_s: float, say) -> list[dict]:
     bandwidth = min(link["bandwidth_Bps"] for link in links)
     out = []
     for world in range(2, comm.size + 1):
@@ -234,8 +222,8 @@ def measure_collectives(comm, links, model_sizes, args, say) -> list[dict]:
         if sub is not None:
             for op in ("allreduce", "allgather", "gather") + (("send",) if world == 2 else ()):
                 points, fractions = [], []
-                for size in op_sizes(op, world, bandwidth, args.max_op_seconds, model_sizes.get((op, world), ())):
-                    x, t, f = run_op(sub, op, size, args.reps)
+                for size in op_sizes(op, world, bandwidth, max_s, model_sizes.get((op, world), ())):
+                    x, t, f = run_op(sub, op, size, reps)
                     points.append((x, t))
                     fractions.append(f)
                 alpha, beta, residual = fit(points)
@@ -250,28 +238,20 @@ def measure_collectives(comm, links, model_sizes, args, say) -> list[dict]:
 
 
 # -- the tool -----------------------------------------------------------------------------------
-def main(argv=None) -> None:
+def run_profile(comm, cfg, shapes, reps: int = 3, max_op_seconds: float = 0.25, nb=None, ndiv=None,
+                say=lambda m: None) -> dict:
+    """Profile the hosts of `comm` (collective; every rank returns the same, validated profile)."""
     from bench.planner import kernel_shapes
-    from parallelism.comm import Communicator, processor_name
+    from parallelism.comm import processor_name
 
-    args = make_parser().parse_args(argv)
-    cfg = model_config(args.model)
-    args.shapes = args.shapes or [(1, min(128, cfg.max_positions))]
-    for batch, seq in args.shapes:
-        if seq > cfg.max_positions:
-            raise UsageError(f"--shapes: seq {seq} exceeds {cfg.name}'s max_positions {cfg.max_positions}")
-    quota = cpu_quota()
-    out = args.out or f"results/profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
-    torch.set_num_threads(args.threads)
-    comm = Communicator(wait=args.wait)
-    say = (lambda m: print(m, flush=True)) if comm.rank == 0 and not args.quiet else (lambda m: None)
-    start, runtime = perf_counter(), resident_bytes()
-    works, model_sizes = kernel_shapes(cfg, comm.size, args.shapes, args.nb, args.ndiv)
-    say(f"bench.profile: {cfg.describe()}, {comm.size} host(s), shapes "
-        f"{','.join(f'{b}x{s}' for b, s in args.shapes)}, {len(works)} kernel shapes, {args.threads} thread(s)")
-    kernels, share = measure_kernels(cfg, works, args.reps)
-    say(f"kernels measured in {perf_counter() - start:.1f}s")
     from . import network
+    start, runtime = perf_counter(), resident_bytes()
+    quota = cpu_quota()
+    works, model_sizes = kernel_shapes(cfg, comm.size, shapes, nb, ndiv)
+    say(f"bench.profile: {cfg.describe()}, {comm.size} host(s), shapes "
+        f"{','.join(f'{b}x{s}' for b, s in shapes)}, {len(works)} kernel shapes, {torch.get_num_threads()} thread(s)")
+    kernels, share = measure_kernels(cfg, works, reps)
+    say(f"kernels measured in {perf_counter() - start:.1f}s")
     iface = network.wire_iface()
     host = {"host": processor_name(), "cpus": os.cpu_count() or 1, "cpu_quota": quota,
             "cpu_model": records.cpu_model(), "memory_available_bytes": memory_available(),
@@ -280,21 +260,44 @@ def main(argv=None) -> None:
     hosts = [{"rank": r, **h} for r, h in enumerate(comm.allgather_object(host))]
     links, collectives = [], []
     if comm.size > 1:
-        links = measure_links(comm, args.max_op_seconds)
+        links = measure_links(comm, max_op_seconds)
         say(f"links measured ({len(links)}), {perf_counter() - start:.1f}s")
-        collectives = measure_collectives(comm, links, model_sizes, args, say)
-    profile = {"schema": SCHEMA, "model": model_of(cfg), "shapes": [list(s) for s in args.shapes],
-               "threads": args.threads, "wait": comm.wait, "hosts": hosts, "links": links,
+        collectives = measure_collectives(comm, links, model_sizes, reps, max_op_seconds, say)
+    profile = {"schema": SCHEMA, "model": model_of(cfg), "shapes": [list(s) for s in shapes],
+               "threads": torch.get_num_threads(), "wait": comm.wait, "hosts": hosts, "links": links,
                "collectives": collectives, "profiling_s": perf_counter() - start,
                "utc_time": records.utc_now(), "git_commit": records.git_commit(),
                "loadavg_1m": records.loadavg(), "launcher_host": socket.gethostname()}
-    validate(profile, out)   # on every rank alike: a bad measurement (a zero rate) must not reach a file
+    return validate(profile, "(just measured)")  # on every rank alike: a zero rate must not reach a file
+
+
+def write_profile(profile: dict, out) -> Path:
+    """A complete profile or none: written beside, then renamed."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(profile, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> None:
+    from parallelism.comm import Communicator
+
+    args = make_parser().parse_args(argv)
+    cfg = resolve_model(args.model).original
+    args.shapes = args.shapes or [(1, min(128, cfg.max_positions))]
+    for batch, seq in args.shapes:
+        if seq > cfg.max_positions:
+            raise UsageError(f"--shapes: seq {seq} exceeds {cfg.name}'s max_positions {cfg.max_positions}")
+    cpu_quota()  # a bad DETR_CPU_QUOTA is bad input, before any work
+    out = args.out or f"results/profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
+    torch.set_num_threads(args.threads)
+    comm = Communicator(wait=args.wait)
+    say = (lambda m: print(m, flush=True)) if comm.rank == 0 and not args.quiet else (lambda m: None)
+    profile = run_profile(comm, cfg, args.shapes, args.reps, args.max_op_seconds, args.nb, args.ndiv, say)
     if comm.rank == 0:
-        path = Path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(profile, indent=1) + "\n")
-        os.replace(tmp, path)   # a complete profile or none
+        path = write_profile(profile, out)
         say(f"profile of {comm.size} host(s) in {profile['profiling_s']:.1f}s -> {path}")
     comm.sync()
 
