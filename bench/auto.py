@@ -24,21 +24,29 @@ from .models import Model, resolve_model
 from .plans import Plan
 
 
+def on_root(session, work):
+    """`work()` on rank 0, its result (or its UsageError, raised alike) on every rank."""
+    result, problem = None, None
+    if session.rank == 0:
+        try:
+            result = work()
+        except UsageError as err:
+            problem = str(err)
+    result, problem = session.comm.bcast_object((result, problem))
+    if problem:
+        raise UsageError(problem)
+    return result
+
+
 def obtain_profile(session, opts, model: Model, shapes) -> dict:
     """The profile to plan with, the same on every rank: --profile (read on rank 0) or measured now."""
     if opts.profile:
-        profile, problem = None, None
-        if session.rank == 0:
-            try:
-                profile = profiles.load(opts.profile)
-                profiles.check_model(profile, model.original, opts.profile)
-                profiles.check_hosts(profile, session.size, opts.profile, session.env["hostnames"])
-            except UsageError as err:
-                problem = str(err)
-        profile, problem = session.comm.bcast_object((profile, problem))
-        if problem:
-            raise UsageError(problem)
-        return profile
+        def read():
+            profile = profiles.load(opts.profile)
+            profiles.check_model(profile, model.original, opts.profile)
+            profiles.check_hosts(profile, session.size, opts.profile, session.env["hostnames"])
+            return profile
+        return on_root(session, read)
     from .profile import run_profile
     session.say("--strategies auto without --profile: profiling the hosts first")
     return run_profile(session.comm, model.original, shapes, say=session.say)
@@ -47,7 +55,7 @@ def obtain_profile(session, opts, model: Model, shapes) -> dict:
 def fields_of(placement: planner.Placement, prediction: costmodel.Prediction, names: list[str],
               mach: M.Machine) -> dict:
     t = prediction.timeline
-    return {"plan": {**placement.record(names), "label": placement.label(names)},
+    return {"plan": {**placement.record(names), "label": placement.label(names), "of_hosts": names},
             "predicted_latency_s": prediction.latency_s, "predicted_throughput_rps": prediction.throughput_rps,
             "predicted": {"compute_s": t.compute_s, "throttled_s": t.throttled_s, "comm_s": t.comm_s,
                           "dominant": t.dominant(), "projection": mach.projection or None,
@@ -63,27 +71,20 @@ class Choice:
 
 def choose(session, opts, model: Model, profile: dict, objective: str, batch: int, seq: int) -> Choice:
     """The planner's winner (computed on rank 0, the same on every rank)."""
-    choice, problem = None, None
-    if session.rank == 0:
-        try:
-            mach = M.build(profile)
-            names = [h.name for h in mach.hosts]
-            fixed = (opts.nb, opts.ndiv) if opts.nb else (None, None)
-            ranked, refused = planner.plan(model.original, mach, batch, seq, objective=objective, nb=fixed[0],
-                                           ndiv=fixed[1], decoupled_ok=model.decoupled_error if model.checkpoint
-                                           else None)
-            if not ranked:
-                reasons = "; ".join(f"{r.label}: {r.reason}" for r in refused[:3])
-                raise UsageError(f"--strategies auto: no placement fits ({reasons})")
-            win = ranked[0]
-            choice = Choice(win.placement, fields_of(win.placement, win.prediction, names, mach),
-                            planner.why(ranked, names)[:4])
-        except UsageError as err:
-            problem = str(err)
-    choice, problem = session.comm.bcast_object((choice, problem))
-    if problem:
-        raise UsageError(problem)
-    return choice
+    def pick():
+        mach = M.build(profile)
+        names = [h.name for h in mach.hosts]
+        fixed = (opts.nb, opts.ndiv) if opts.nb else (None, None)
+        ranked, refused = planner.plan(model.original, mach, batch, seq, objective=objective, nb=fixed[0],
+                                       ndiv=fixed[1], decoupled_ok=model.decoupled_error if model.checkpoint
+                                       else None)
+        if not ranked:
+            reasons = "; ".join(f"{r.label}: {r.reason}" for r in refused[:3])
+            raise UsageError(f"--strategies auto: no placement fits ({reasons})")
+        win = ranked[0]
+        return Choice(win.placement, fields_of(win.placement, win.prediction, names, mach),
+                      planner.why(ranked, names)[:4])
+    return on_root(session, pick)
 
 
 def enter(session, opts, model: Model, objective: str, batch: int, seq: int, make_session):

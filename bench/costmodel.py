@@ -61,19 +61,24 @@ class Host:
     memory_available: int
     runtime_bytes: int
     speed: float = 1.0           # projection: kernel rates x speed
+    rate: float = 1.0            # share of a core while running (< 1: contended when profiled)
+    _one: dict = field(default_factory=dict, repr=False)   # shape -> seconds of one call
 
     def seconds(self, work: Work, cfg) -> float:
         """Full-speed seconds of one Work item (all `count` of it) on this host."""
         if work.count == 0 or work.batch * work.queries == 0:
             return 0.0
-        entry, scale = self.kernels.get(kernel_key(*work.shape)), 1.0
-        if entry is None:  # not profiled: the nearest shape, scaled by FLOPs (tokens for embed)
-            entry = self._nearest(work)
-            if work.kernel == EMBED or not entry["flops"]:
-                scale = work.batch * work.queries / (entry["batch"] * entry["queries"])
-            else:
-                scale = work.flops(cfg) / work.count / entry["flops"]
-        return work.count * entry["seconds"] * scale / self.speed
+        one = self._one.get(work.shape)
+        if one is None:
+            entry, scale = self.kernels.get(kernel_key(*work.shape)), 1.0
+            if entry is None:  # not profiled: the nearest shape, scaled by FLOPs (tokens for embed)
+                entry = self._nearest(work)
+                if work.kernel == EMBED or not entry["flops"]:
+                    scale = work.batch * work.queries / (entry["batch"] * entry["queries"])
+                else:
+                    scale = work.flops(cfg) / work.count / entry["flops"]
+            one = self._one[work.shape] = entry["seconds"] * scale / self.speed
+        return work.count * one
 
     def _nearest(self, work: Work) -> dict:
         """The profiled shape of the same kernel nearest in log-dimensions (a projection)."""
@@ -90,11 +95,13 @@ class Host:
 
 
 class Cpu:
-    """One host's CPU under a CFS quota: it runs at full speed until its budget for the
-    current 100 ms period (quota x period) is spent, then waits for the next period."""
+    """One host's CPU under a CFS quota: it runs until its budget for the current 100 ms
+    period (quota x period CPU seconds) is spent, then waits for the next period. `rate`:
+    the share of a core it gets while it runs (1, or less on a host contended by others)."""
 
-    def __init__(self, quota: float | None, period: float = CFS_PERIOD_S):
+    def __init__(self, quota: float | None, rate: float = 1.0, period: float = CFS_PERIOD_S):
         self.budget = None if quota is None or quota >= 1.0 else quota * period
+        self.rate = rate
         self.period, self.period_end, self.used = period, period, 0.0
 
     def _roll(self, t: float) -> None:
@@ -105,7 +112,7 @@ class Cpu:
     def run(self, start: float, seconds: float) -> float:
         """Run `seconds` of full-speed work from `start`; returns when it is done."""
         if self.budget is None:
-            return start + seconds
+            return start + seconds / self.rate
         t = start
         while seconds > 1e-12:
             self._roll(t)
@@ -113,8 +120,8 @@ class Cpu:
             if room <= 1e-12:
                 t = self.period_end
                 continue
-            dt = min(seconds, room, self.period_end - t)
-            t, self.used, seconds = t + dt, self.used + dt, seconds - dt
+            dt = min(seconds / self.rate, room / self.rate, self.period_end - t)   # wall seconds
+            t, self.used, seconds = t + dt, self.used + dt * self.rate, seconds - dt * self.rate
         return t
 
     def spend(self, start: float, end: float, fraction: float) -> None:
@@ -193,9 +200,11 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
              forwards: int = 8) -> Timeline:
     """Run `forwards` forwards of `steps` (rank r on hosts[r], profile host host_ids[r])."""
     world = len(hosts)
-    cpus = [Cpu(h.quota) for h in hosts]
+    cpus = [Cpu(h.quota, h.rate) for h in hosts]
     seconds = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
     barrier = network.fit("allreduce", world).alpha if world > 1 else 0.0
+    costs = [network.send(host_ids[s.src], host_ids[s.dst], s.parts[s.src]) if s.op == "send" else
+             network.collective(s, world) if s.op is not None else None for s in steps]
     now, results = 0.0, []
     for _ in range(forwards):
         clock = [now] * world
@@ -217,7 +226,7 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
             if step.op == "send":
                 src, dst = step.src, step.dst
                 start = max(clock[src], link_free.get((src, dst), now))
-                cost, frac = network.send(host_ids[src], host_ids[dst], step.parts[src])
+                cost, frac = costs[i]
                 c, th, cm = path[src]
                 arrival[i] = (start + cost, (c, th, cm + start + cost - clock[src]))
                 link_free[(src, dst)] = start + cost
@@ -225,7 +234,7 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
                 cpus[src].spend(start, start + cost, frac)
             elif step.op is not None:
                 slowest = max(range(world), key=lambda r: clock[r])
-                cost, frac = network.collective(step, world)
+                cost, frac = costs[i]
                 end = clock[slowest] + cost
                 for r in range(world):
                     cpus[r].spend(clock[r], end, frac)

@@ -40,6 +40,16 @@ def profiled_rate_bit(profile: dict) -> float | None:
     return 8.0 * min(link["bandwidth_Bps"] for link in links) if links else None
 
 
+def core_rate(host: dict, quota: float | None) -> float:
+    """The share of a core a host's rank got while it ran, from its profile: its kernels' CPU
+    seconds over their wall seconds (`cpu_share`) is min(quota, that share); a share well
+    below the quota means other load on the machine, which slowed every call alike."""
+    share = host.get("cpu_share")
+    if not share or share >= 0.8 * min(quota or 1.0, 1.0):
+        return 1.0
+    return max(0.01, min(1.0, share))
+
+
 def _per_host(values, count: int, what: str) -> list:
     if values is None:
         return [None] * count
@@ -68,7 +78,12 @@ def build(profile: dict, hosts: int | None = None, speeds: list[float] | None = 
         name = p["host"] if names.count(p["host"]) == 1 else f"{p['host']}#{i % len(profiled)}"
         out.append(Host(name=name if i < len(profiled) else f"{name}~{i}", quota=quota,
                         kernels=p["kernels"], memory_available=int(p["memory_available_bytes"]),
-                        runtime_bytes=int(p["runtime_bytes"]), speed=speeds[i] or 1.0))
+                        runtime_bytes=int(p["runtime_bytes"]), speed=speeds[i] or 1.0,
+                        rate=core_rate(p, p.get("cpu_quota"))))
+    contended = [h for h in out if h.rate < 1.0]
+    if contended:
+        notes.append("contended when profiled: " + ", ".join(f"{h.name} ran at {h.rate:.2f} of a core"
+                                                             for h in contended))
     if any(s is not None for s in speeds):
         notes.append("device speeds x " + ",".join(f"{s or 1:g}" for s in speeds))
     if any(q is not None for q in quotas):
