@@ -174,9 +174,12 @@ def main(argv=None) -> int:
         raise CliError(f"-n must be >= 1, got {args.ranks}")
     if "auto" in (args.strategies or "").split(",") and args.strategies != "auto":
         raise CliError("--strategies auto runs the planner's pick alone: do not list other strategies")
-    for flag in ("--out", "--model", "--seq", "--batch", "--requests", "--rate", "--strategies", "--profile"):
+    for flag in ("--out", "--model", "--seq", "--batch", "--requests", "--rate"):
         if flag in args.driver_args:
             raise CliError(f"{flag} is set by the sweep for every point; do not pass it after --")
+    for flag, given in (("--strategies", args.strategies), ("--profile", args.profile or args.predict)):
+        if given and flag in args.driver_args:
+            raise CliError(f"{flag} is given to the sweep, which passes it on: do not pass it after -- too")
     out = Path(args.out or f"results/sweep-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl")
     done = done_points(out)
     points = [(m, s, b, r) for r, m, s, b in product(rates, models, seqs, batches)]  # rate outermost
