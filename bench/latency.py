@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from parallelism import UsageError
 
-from . import harness as H
+from . import auto as A, harness as H
 
 DESCRIPTION = __doc__.split("\n\n")[0] + """
 
@@ -57,10 +57,18 @@ def main(argv=None) -> None:
     model = H.resolve_model(args.model, args.nb, args.ndiv, args.seed)
     args.seq = args.seq or model.default_seq()
     ids, mask = H.make_inputs(model.original, args.batch, args.seq, args.seed)
-    session = H.Session("latency", args)
+    session = world_session = H.Session("latency", args)
     if session.size == 1:
         session.say("running on 1 rank (P=1); for P ranks launch: mpiexec -n 4 python -m bench.latency")
-    plans = H.select(args, model, session.size, say=session.say)
+    if args.auto:  # the planner's pick, on the hosts it uses (bench.auto)
+        session, model, plans = A.enter(world_session, args, model, "latency", args.batch, args.seq,
+                                        lambda comm: H.Session("latency", args, comm=comm))
+        if session is None:
+            return A.leave(world_session)
+    else:
+        plans = H.select(args, model, session.size, say=session.say)
+        if args.profile:
+            session.predict = A.predictor(session, args, model)
     if not plans:
         raise UsageError(f"no strategy fits {model.original.describe()} on {session.size} rank(s)")
     explicit = args.explicit_strategies
@@ -90,6 +98,8 @@ def main(argv=None) -> None:
                                        + (f"  rate {session.rate}" if session.rate else "")
                                        + "  (latency = max over ranks per forward)")
     session.finish()
+    if args.auto:
+        A.leave(world_session)
 
 
 def point_summary(record) -> str:
@@ -128,6 +138,8 @@ def run_one(session, args, model, cfg, weights, plan, ids, mask, ref, original_s
            H.fmt_bytes(record["weights_bytes_per_rank"]["max"]), "-" if err is None else f"{err:.1e}"]
     if timing.bare_s is not None:
         row[0] += f" [overhead x{lat['mean'] / timing.bare_s:.3f}]"
+    if record.get("predicted_latency_s") is not None:
+        row[0] += f" [predicted {H.fmt_s(record['predicted_latency_s'])}]"
     return record, row
 
 

@@ -38,6 +38,7 @@ class Options:
     boundary: list[str] = field(default_factory=lambda: ["replicate"])
     assignment: list[list[int]] | None = None
     micro_batches: int | None = None
+    profile: str | None = None
     warmup: int = 2
     iters: int = 10
     threads: int = 1
@@ -53,6 +54,11 @@ class Options:
     @property
     def explicit_strategies(self) -> bool:
         return bool(self.strategies)
+
+    @property
+    def auto(self) -> bool:
+        """--strategies auto: the planner picks the placement (bench.auto)."""
+        return self.strategies == ["auto"]
 
 
 @dataclass
@@ -111,7 +117,12 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
         s = p.add_argument_group("strategies")
         s.add_argument("--strategies", type=name_list, default=None,
                        help=f"comma-separated (default: {','.join(d.strategies)}, skipping those that do "
-                            "not fit the world size or model, with the reason; named ones must fit)")
+                            "not fit the world size or model, with the reason; named ones must fit); "
+                            "'auto': the planner picks one placement from --profile (or profiles the hosts "
+                            "first) and runs it on the hosts it uses")
+        s.add_argument("--profile", default=None,
+                       help="a profile of these hosts (python -m bench.profile): auto plans with it, and "
+                            "every record gets the prediction of its placement (predicted_latency_s)")
         s.add_argument("--boundary", type=name_list, default=["replicate"],
                        help="bp boundary layers: replicate, tp, or both 'replicate,tp' (default replicate)")
         s.add_argument("--assignment", type=assignment, default=None,
@@ -162,7 +173,13 @@ def parse(p: ArgumentParser, argv=None, cls: type[Options] = Options) -> Options
         if b not in BOUNDARIES:
             raise UsageError(f"--boundary: expected replicate or tp, got {b!r}")
     opts.boundary = list(dict.fromkeys(opts.boundary or []))  # 'tp,tp' once
-    if opts.strategies:
+    if opts.strategies and "auto" in opts.strategies:
+        if len(opts.strategies) > 1:
+            raise UsageError("--strategies auto runs the planner's pick alone: do not list other strategies")
+        if opts.assignment is not None or opts.micro_batches is not None or (opts.nb is None and opts.ndiv != 4):
+            raise UsageError("--strategies auto chooses assignment, stages and micro-batches itself "
+                             "(give --nb and --ndiv together to fix the decoupled model)")
+    elif opts.strategies:
         for name in opts.strategies:
             if name not in STRATEGIES:
                 raise UsageError(f"unknown strategy {name!r} (available: {', '.join(STRATEGIES)})")

@@ -125,6 +125,8 @@ class Session:
         self.rate = opts.rate or _rate_from(nets)
         self.written, self.failed = 0, []
         self.start, self.total, self.done = perf_counter(), 0, 0
+        # --profile / --strategies auto (bench.auto): record -> predicted_* fields to add to it.
+        self.predict = None
 
     def _check_writable(self) -> str | None:
         return unwritable(self.out) or unwritable(self.opts.csv)
@@ -176,11 +178,14 @@ class Session:
 
     # -- records ---------------------------------------------------------------------------
     def base_record(self, model: Model, cfg: ModelConfig, **fields) -> dict:
-        return {"schema": records.SCHEMA, "bench": self.bench, "model": model.name,
-                "checkpoint": str(model.checkpoint.resolve()) if model.checkpoint else None,
-                "model_config": {"layers": cfg.layers, "hidden": cfg.hidden, "heads": cfg.heads, "ffn": cfg.ffn},
-                "n_blocks": cfg.n_blocks, "n_div": cfg.n_div, "world_size": self.size,
-                "rate": self.rate, "network": self.network, "tags": self.opts.tags, **fields}
+        record = {"schema": records.SCHEMA, "bench": self.bench, "model": model.name,
+                  "checkpoint": str(model.checkpoint.resolve()) if model.checkpoint else None,
+                  "model_config": {"layers": cfg.layers, "hidden": cfg.hidden, "heads": cfg.heads, "ffn": cfg.ffn},
+                  "n_blocks": cfg.n_blocks, "n_div": cfg.n_div, "world_size": self.size,
+                  "rate": self.rate, "network": self.network, "tags": self.opts.tags, **fields}
+        if self.predict is not None:
+            record.update(self.predict(record))
+        return record
 
     def emit(self, record: dict) -> None:
         """Rank 0 appends the record (atomic JSONL line, and CSV if asked)."""

@@ -13,6 +13,10 @@ never shell strings):
 Arguments after `--` go to every driver run. For --bench throughput the
 --batches values are the request-set sizes (--requests).
 
+--strategies auto (or --predict): before the points of each rate and model the hosts are
+profiled once (bench.profile at every seq x batch of the sweep) and every driver run gets
+--profile, so every record carries predicted_latency_s beside its measurement.
+
 Resumable: every record a point writes carries the tag sweep_point=<key>; a
 point counts as done only once its whole job finished (exit 0) and is listed in
 <out>.points; a point that was cut off is measured again (its partial records
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from itertools import product
@@ -68,6 +73,14 @@ def make_parser():
                    help="comma-separated batch sizes (throughput: request-set sizes) (default 1)")
     p.add_argument("--rates", default=None,
                    help="comma-separated link rates, e.g. 10mbit,50mbit,100mbit,1gbit (needs --launcher cluster)")
+    p.add_argument("--strategies", default=None,
+                   help="passed to every driver run; 'auto' = the planner's pick at every point, from a "
+                        "profile made once per rate and model (see --predict)")
+    p.add_argument("--predict", action="store_true",
+                   help="profile the hosts once per rate and model (python -m bench.profile, kept as "
+                        "<out>.profile-<model>-<rate>.json and reused on resume) and pass it to every "
+                        "driver run, so every record carries predicted_latency_s beside latency_s")
+    p.add_argument("--profile", default=None, help="use this profile for every point instead of profiling")
     p.add_argument("--out", type=output_path, default=None,
                    help="JSONL result file shared by all points, a regular file (default results/sweep-<time>.jsonl)")
     p.add_argument("--keep-going", action="store_true", help="go on after a failed point (exit 1 at the end)")
@@ -100,16 +113,50 @@ def done_points(out: Path) -> set[str]:
     return {rec.get("point") for rec in records.read_records(marker, warn=False)}
 
 
-def driver_command(args, model, seq, batch, rate, key, out) -> list[str]:
+def launched(args, cmd: list[str]) -> list[str]:
+    """`cmd` as an MPI job on the sweep's launcher."""
+    if args.launcher == "cluster":
+        return cluster_run_command(cmd, args.ranks)
+    return local_command(args.ranks or 4, cmd)
+
+
+def driver_command(args, model, seq, batch, rate, key, out, profile=None) -> list[str]:
     cmd = [sys.executable, "-m", f"bench.{args.bench}", "--model", model, "--seq", str(seq)]
     cmd += ["--requests" if args.bench == "throughput" else "--batch", str(batch)]
     cmd += ["--out", str(out), "--tag", f"sweep_point={key}"]
     if rate:
         cmd += ["--rate", rate]
-    cmd += args.driver_args
-    if args.launcher == "cluster":
-        return cluster_run_command(cmd, args.ranks)
-    return local_command(args.ranks or 4, cmd)
+    if args.strategies:
+        cmd += ["--strategies", args.strategies]
+    if profile:
+        cmd += ["--profile", str(profile)]
+    return launched(args, cmd + args.driver_args)
+
+
+def profile_command(args, model, shapes, path) -> list[str]:
+    """bench.profile of the hosts for `model` at every request shape of the sweep (the same
+    thread count as the drivers)."""
+    cmd = [sys.executable, "-m", "bench.profile", "--model", model, "--out", str(path),
+           "--shapes", ",".join(f"{b}x{s}" for b, s in shapes)]
+    if "--threads" in args.driver_args:
+        cmd += ["--threads", args.driver_args[args.driver_args.index("--threads") + 1]]
+    return launched(args, cmd)
+
+
+def profile_for(args, model, rate, shapes, out, made: dict):
+    """The profile the points of (model, rate) use: --profile, or made once (and kept)."""
+    if args.profile or not (args.predict or args.strategies == "auto"):
+        return args.profile
+    path = Path(f"{out}.profile-{re.sub(r'[^A-Za-z0-9.-]+', '_', model)}-{rate or 'local'}.json")
+    if (model, rate) in made or path.exists():
+        made[(model, rate)] = path
+        return path
+    cmd = profile_command(args, model, shapes, path)
+    print("$ " + " ".join(cmd), flush=True)
+    if not args.dry_run and supervise(cmd, {**os.environ, "PYTHONUNBUFFERED": "1"}):
+        raise UsageError(f"profiling the hosts for {model} at {rate or 'the local links'} failed (see above)")
+    made[(model, rate)] = path
+    return path
 
 
 def main(argv=None) -> int:
@@ -126,15 +173,24 @@ def main(argv=None) -> int:
     if args.rates and args.launcher != "cluster":
         raise UsageError("--rates needs --launcher cluster: a local launch cannot shape the network "
                        "(bring up the emulated cluster with python -m bench.cluster up)")
+    if "auto" in (args.strategies or "").split(",") and args.strategies != "auto":
+        raise UsageError("--strategies auto runs the planner's pick alone: do not list other strategies")
     for flag in ("--out", "--model", "--seq", "--batch", "--requests", "--rate"):
         if flag in args.driver_args:
             raise UsageError(f"{flag} is set by the sweep for every point; do not pass it after --")
+    for flag, given in (("--strategies", args.strategies), ("--profile", args.profile or args.predict)):
+        if given and flag in args.driver_args:
+            raise UsageError(f"{flag} is given to the sweep, which passes it on: do not pass it after -- too")
     out = Path(args.out or f"results/sweep-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.jsonl")
     check_out(out)
     done = done_points(out)
     points = [(m, s, b, r) for r, m, s, b in product(rates, models, seqs, batches)]  # rate outermost
     ranks_label = args.ranks or (4 if args.launcher == "local" else "all")
+    if args.strategies:  # another strategy list is another point
+        ranks_label = f"{ranks_label}|strategies={args.strategies}"
     todo = [p for p in points if point_key(args.bench, *p, ranks_label) not in done]
+    shapes = [(b, s) for s in seqs for b in batches]
+    profiles_made = {}
     print(f"bench.sweep: {len(points)} point(s), {len(points) - len(todo)} already in {out}, "
           f"{len(todo)} to run", flush=True)
     start, failed, shaped = time.monotonic(), [], None
@@ -147,7 +203,8 @@ def main(argv=None) -> int:
                 if supervise(shape, dict(os.environ)):
                     raise UsageError(f"could not shape the emulated cluster to {rate} (is it up?)")
             shaped = rate
-        cmd = driver_command(args, model, seq, batch, rate, key, out)
+        profile = profile_for(args, model, rate, shapes, out, profiles_made)
+        cmd = driver_command(args, model, seq, batch, rate, key, out, profile)
         print("$ " + " ".join(cmd), flush=True)
         if args.dry_run:
             continue

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from parallelism import UsageError
 
-from . import harness as H
+from . import auto as A, harness as H
 
 DESCRIPTION = __doc__.strip() + """
 
@@ -59,9 +59,20 @@ def main(argv=None) -> None:
     args = H.parse(make_parser(), argv, ThroughputOptions)
     model = H.resolve_model(args.model, args.nb, args.ndiv, args.seed)
     args.seq = args.seq or model.default_seq()
-    session = H.Session("throughput", args)
+    session = world_session = H.Session("throughput", args)
+    if args.auto:  # the planner's pick for this request set, on the hosts it uses (bench.auto)
+        if args.devices:
+            raise UsageError("--strategies auto chooses the devices itself: drop --devices")
+        session, model, picked = A.enter(world_session, args, model, "throughput", args.requests, args.seq,
+                                         lambda comm: H.Session("throughput", args, comm=comm))
+        if session is None:
+            return A.leave(world_session)
+    elif args.profile:
+        session.predict = A.predictor(session, args, model)
     world = session.comm
     devices = sorted(set(args.devices)) if args.devices else powers_of_two(world.size)
+    if args.auto:
+        devices = [world.size]
     if devices[-1] > world.size:
         raise UsageError(f"--devices {devices[-1]} exceeds the {world.size} launched rank(s) "
                          f"(launch with mpiexec -n {devices[-1]})")
@@ -71,8 +82,8 @@ def main(argv=None) -> None:
     ids, mask = H.make_inputs(model.original, args.requests, args.seq, args.seed)
     extra = {"micro_batches": args.micro_batches or args.requests}
     quiet_say = lambda message: None  # noqa: E731 - skips are reported once, at the largest P
-    grid = {P: H.select(args, model, P, say=session.say if P == devices[-1] else quiet_say,
-                        extra_options=extra, strict=False) for P in devices}
+    grid = {P: picked if args.auto else H.select(args, model, P, say=session.say if P == devices[-1] else quiet_say,
+                                                 extra_options=extra, strict=False) for P in devices}
     if not any(grid.values()):
         raise UsageError(f"no strategy fits {model.original.describe()} at P in {devices}")
     session.plan(sum(len(v) for v in grid.values()))
@@ -107,6 +118,8 @@ def main(argv=None) -> None:
     session.table(rows, HEADERS, title=f"{model.name}  {args.requests} requests  seq {args.seq}  "
                                        f"(strong scaling, one launch of {world.size} ranks)")
     session.finish()
+    if args.auto:
+        A.leave(world_session)
 
 
 def point_summary(record) -> str:

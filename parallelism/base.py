@@ -21,6 +21,7 @@ from .traffic import Traffic
 
 if TYPE_CHECKING:  # the communicator imports mpi4py; the formulas must not need it
     from .comm import Communicator
+    from .schedule import Step
 
 
 class Strategy(ABC):
@@ -74,6 +75,13 @@ class Strategy(ABC):
     @abstractmethod
     def flops(cls, cfg: ModelConfig, world: int, rank: int, batch: int, seq: int, **options) -> int:
         """Matmul FLOPs `rank` computes in one forward."""
+
+    @classmethod
+    @abstractmethod
+    def steps(cls, cfg: ModelConfig, world: int, batch: int, seq: int, **options) -> list[Step]:
+        """One forward as its synchronisation points (parallelism.schedule): per step each
+        rank's compute by kernel and shape, then one communication. Sums to exactly
+        `expected_traffic` and `flops` on every rank (tests/test_schedule.py)."""
 
     @abstractmethod
     def held_bytes(self) -> int:

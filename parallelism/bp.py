@@ -39,6 +39,7 @@ from kernels.layers import nbytes
 
 from .base import Strategy
 from .errors import UsageError
+from .schedule import Step, collective, embedding, layer, same_everywhere
 from .tp import TensorParallelLayer, check_tp_divisible
 from .traffic import charge
 
@@ -192,3 +193,28 @@ class BlockParallel(Strategy):
         sub_block = sum(layer_gemms(cfg, batch, seq, seq, cfg.sub_width).values())
         boundary = TensorParallelLayer.flops(cfg, world, batch, seq) if tp else layer_flops(cfg, batch, seq, False)
         return decoupled * mine * sub_block + cfg.n_blocks * boundary
+
+    @classmethod
+    def steps(cls, cfg, world, batch, seq, **options):
+        """Per block: the rank's sub-blocks of its decoupled layers (after the previous block's
+        replicated boundary layer, or the embeddings) -> allgather of the slices; a TP boundary
+        is then its own two steps (tp.TensorParallelLayer.steps)."""
+        options = {**cls.options, **options}
+        mine = [len(part) for part in cls.assign(cfg, world, options["assignment"])]
+        tp = options["boundary"] == "tp"
+        slice_bytes = batch * seq * cfg.sub_width * FP32
+        boundary = layer(cfg, batch, seq)  # replicated: every rank computes it whole
+        head = [embedding(cfg, batch, seq)] * world
+        out = []
+        for _ in range(cfg.n_blocks):
+            work = [head[r] + layer(cfg, batch, seq, width=cfg.sub_width, count=(cfg.layers_per_block - 1) * n)
+                    for r, n in enumerate(mine)]
+            out.append(collective(work, "allgather", [n * slice_bytes for n in mine], cfg.n_div * slice_bytes))
+            if tp:
+                out += TensorParallelLayer.steps(cfg, world, batch, seq)
+                head = [()] * world
+            else:
+                head = [boundary] * world
+        if not tp:  # the last boundary layer ends the forward, no communication after it
+            out.append(Step(same_everywhere(world, boundary)))
+        return out

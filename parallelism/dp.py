@@ -26,6 +26,7 @@ import torch
 from kernels import FP32, ReferenceModel, forward_flops, model_params
 
 from .base import Strategy
+from .schedule import collective, embedding, model_layers
 from .traffic import charge
 
 INPUT_DTYPE = torch.int32  # token ids, mask and types travel as int32 (vocabularies are < 2**31)
@@ -79,13 +80,26 @@ class DataParallel(Strategy):
         return self._bytes
 
     @classmethod
-    def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
+    def _moved(cls, cfg, world, rank, batch, seq) -> tuple[int, int]:
+        """(bytes `rank` hands out in the scatter, bytes it hands in to the gather)."""
         rows = even_split(batch, world)
         if rank == cls.root:  # hands out every row but its own, receives the others' outputs
-            handed_out, handed_in = (batch - rows[rank]) * PACKED_ROWS * seq * INPUT_DTYPE.itemsize, 0
-        else:
-            handed_out, handed_in = 0, rows[rank] * seq * cfg.hidden * FP32
+            return (batch - rows[rank]) * PACKED_ROWS * seq * INPUT_DTYPE.itemsize, 0
+        return 0, rows[rank] * seq * cfg.hidden * FP32
+
+    @classmethod
+    def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
+        handed_out, handed_in = cls._moved(cfg, world, rank, batch, seq)
         return {"scatter": charge("scatter", handed_out), "gather": charge("gather", handed_in)}
+
+    @classmethod
+    def steps(cls, cfg, world, batch, seq, **options):
+        """Scatter the rows, then every rank its rows through the whole model, then gather."""
+        moved = [cls._moved(cfg, world, r, batch, seq) for r in range(world)]
+        rows = even_split(batch, world)
+        work = [embedding(cfg, n, seq) + model_layers(cfg, n, seq) for n in rows]
+        return [collective([()] * world, "scatter", [m[0] for m in moved], sum(m[0] for m in moved)),
+                collective(work, "gather", [m[1] for m in moved], batch * seq * cfg.hidden * FP32)]
 
     @classmethod
     def weights_bytes(cls, cfg, world, rank, **options):

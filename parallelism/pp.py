@@ -18,6 +18,10 @@ T = B*s*h*4 per boundary per forward summed over micro-batches. Every rank
 has the (identical) ids, padding mask and token types, so only activations move. The
 full (B, s, h) output lands on the last stage (`holds_output`). Refused:
 more stages than layers, micro_batches < 1.
+
+Option `stages` (unequal devices): the layer count of each stage instead of
+the FLOP balance, e.g. "3,3,4,2" or [3, 3, 4, 2]: one positive count per
+rank, summing to the layer count (the planner gives faster hosts more layers).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from kernels.layers import nbytes
 from .base import Strategy
 from .errors import UsageError
 from .dp import even_split
+from .schedule import Step, embedding, model_layers
 from .traffic import Traffic, charge
 
 
@@ -78,12 +83,12 @@ def balance_stages(costs: list[int], stages: int, first_extra: int = 0) -> list[
 
 class PipelineParallel(Strategy):
     name = "pp"
-    options = {"micro_batches": 1}
+    options = {"micro_batches": 1, "stages": None}
 
     def __init__(self, cfg, weights, comm, **options):
         super().__init__(cfg, weights, comm, **options)
         self.micro_batches = int_option(self.name, "micro_batches", self.opts["micro_batches"], 1)
-        self.stages = self.stage_layers(cfg, comm.size)
+        self.stages = self.stage_layers(cfg, comm.size, self.opts["stages"])
         self.mine = self.stages[comm.rank]
         self.first, self.last = comm.rank == 0, comm.rank == comm.size - 1
         self.embeddings = weights.embeddings if self.first else None
@@ -95,10 +100,36 @@ class PipelineParallel(Strategy):
         int_option(cls.name, "micro_batches", options.get("micro_batches", cls.options["micro_batches"]), 1)
         if world_size > cfg.layers:
             raise UsageError(f"{cls.name}: stages (P={world_size}) must be <= layers ({cfg.layers})")
+        cls.stage_counts(cfg, world_size, options.get("stages"))
 
-    @staticmethod
-    def stage_layers(cfg, world_size: int) -> list[range]:
-        """Each rank's layer range, balanced by FLOPs (embeddings on the first stage)."""
+    @classmethod
+    def stage_counts(cls, cfg, world_size: int, stages) -> list[int] | None:
+        """Layers per stage from the `stages` option ("3,3,4,2" or a list), None for the FLOP
+        balance; UsageError unless one positive count per rank summing to the layer count."""
+        if stages is None:
+            return None
+        parts = stages.replace("/", ",").split(",") if isinstance(stages, str) else stages
+        try:
+            counts = [int_option(cls.name, "stages", part, 1) for part in parts]
+        except TypeError:
+            raise UsageError(f"{cls.name}: option stages must be layer counts per rank like '3,3,4,2', "
+                             f"got {stages!r}") from None
+        if len(counts) != world_size:
+            raise UsageError(f"{cls.name}: option stages needs one layer count per rank "
+                             f"(got {len(counts)}, P={world_size})")
+        if sum(counts) != cfg.layers:
+            raise UsageError(f"{cls.name}: option stages must add up to the {cfg.layers} layers, "
+                             f"got {'+'.join(map(str, counts))}={sum(counts)}")
+        return counts
+
+    @classmethod
+    def stage_layers(cls, cfg, world_size: int, stages=None) -> list[range]:
+        """Each rank's layer range: the `stages` counts if given, else balanced by FLOPs
+        (embeddings on the first stage)."""
+        counts = cls.stage_counts(cfg, world_size, stages)
+        if counts is not None:
+            starts = [sum(counts[:r]) for r in range(world_size)]
+            return [range(a, a + n) for a, n in zip(starts, counts)]
         seq = min(128, cfg.max_positions)
         costs = [layer_flops(cfg, 1, seq, kind == "decoupled") for kind in cfg.layer_kinds()]
         embed_cost = 10 * seq * cfg.hidden  # lookups, adds and a LayerNorm: tiny, but on stage 0
@@ -160,12 +191,30 @@ class PipelineParallel(Strategy):
         return table
 
     @classmethod
-    def weights_bytes(cls, cfg, world, rank, **options):
-        stage = cls.stage_layers(cfg, world)[rank]
+    def weights_bytes(cls, cfg, world, rank, stages=None, **options):
+        stage = cls.stage_layers(cfg, world, stages)[rank]
         held = sum(layer_index_params(cfg, i) for i in stage)
         return FP32 * (held + (embedding_params(cfg) if rank == 0 else 0))
 
     @classmethod
-    def flops(cls, cfg, world, rank, batch, seq, **options):
-        stage = cls.stage_layers(cfg, world)[rank]
+    def flops(cls, cfg, world, rank, batch, seq, stages=None, **options):
+        stage = cls.stage_layers(cfg, world, stages)[rank]
         return sum(layer_flops(cfg, batch, seq, not cfg.is_boundary(i)) for i in stage)
+
+    @classmethod
+    def steps(cls, cfg, world, batch, seq, micro_batches=1, stages=None, **options):
+        """Micro-batch j on stage r is step j*P + r: the stage's layers (and the embeddings on
+        stage 0), then a non-blocking send to stage r+1, whose step j*P + r + 1 waits for it."""
+        rows, ranges = cls.micro_rows(batch, micro_batches), cls.stage_layers(cfg, world, stages)
+        out = []
+        for n in rows:
+            for r, stage in enumerate(ranges):
+                work = [()] * world
+                work[r] = (embedding(cfg, n, seq) if r == 0 else ()) + model_layers(cfg, n, seq, stage)
+                after = len(out) - 1 if r > 0 else None
+                if r < world - 1:
+                    parts = tuple(n * seq * cfg.hidden * FP32 if q == r else 0 for q in range(world))
+                    out.append(Step(tuple(work), "send", parts, parts[r], src=r, dst=r + 1, after=after))
+                else:
+                    out.append(Step(tuple(work), after=after))
+        return out

@@ -10,6 +10,7 @@ import torch
 from kernels import FP32, ReferenceModel, forward_flops, model_params
 
 from .base import Strategy
+from .schedule import Step, embedding, model_layers, same_everywhere
 
 
 class Serial(Strategy):
@@ -44,3 +45,7 @@ class Serial(Strategy):
     def flops(cls, cfg, world, rank, batch, seq, **options):
         return forward_flops(cfg, batch, seq)
 
+
+    @classmethod
+    def steps(cls, cfg, world, batch, seq, **options):
+        return [Step(same_everywhere(world, embedding(cfg, batch, seq) + model_layers(cfg, batch, seq)))]

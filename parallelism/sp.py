@@ -29,6 +29,7 @@ from kernels import (FP32, additive_mask, attention, attention_residual, embed, 
 from .base import Strategy
 from .errors import UsageError
 from .dp import even_split
+from .schedule import collective, embedding, layer
 from .traffic import charge
 
 
@@ -93,6 +94,22 @@ class SequenceParallel(Strategy):
         keys_values = charge("allgather", 2 * mine * row, 2 * seq * row, world, calls=cfg.layers)
         outputs = charge("allgather", mine * row, seq * row, world)
         return {"allgather": keys_values + outputs}
+
+    @classmethod
+    def steps(cls, cfg, world, batch, seq, **options):
+        """Per layer: its q, k, v (after the previous layer's attention, output projection and
+        FFN, or the embeddings) -> allgather of K and V; the last layer's rest -> allgather
+        of the outputs."""
+        tokens, row = cls.tokens(seq, world), batch * cfg.hidden * FP32
+        head = [embedding(cfg, batch, n) for n in tokens]
+        out = []
+        for i in range(cfg.layers + 1):
+            work = [head[r] + (layer(cfg, batch, n, kernels=("qkv",)) if i < cfg.layers else ())
+                    for r, n in enumerate(tokens)]
+            kv = 2 if i < cfg.layers else 1  # keys and values; the outputs at the end
+            out.append(collective(work, "allgather", [kv * n * row for n in tokens], kv * seq * row))
+            head = [layer(cfg, batch, n, keys=seq, kernels=("attention", "out", "ffn")) for n in tokens]
+        return out
 
     @classmethod
     def weights_bytes(cls, cfg, world, rank, **options):

@@ -35,6 +35,7 @@ from kernels.layers import nbytes
 
 from .base import Strategy
 from .errors import UsageError
+from .schedule import collective, embedding, layer, same_everywhere
 from .traffic import Traffic, charge
 
 if TYPE_CHECKING:  # the communicator imports mpi4py; the formulas must not need it
@@ -110,6 +111,16 @@ class TensorParallelLayer:
     def flops(cfg, world: int, batch: int, seq: int) -> int:
         return sum(layer_gemms(cfg, batch, seq, seq, cfg.hidden, cfg.heads // world, cfg.ffn // world).values())
 
+    @staticmethod
+    def steps(cfg, world: int, batch: int, seq: int, before=()) -> list:
+        """Attention (after `before`, e.g. the embeddings) -> allreduce; FFN -> allreduce."""
+        whole = batch * seq * cfg.hidden * FP32
+        shard = dict(heads=cfg.heads // world, ffn=cfg.ffn // world)
+        attention = tuple(before) + layer(cfg, batch, seq, **shard, kernels=("qkv", "attention", "out"))
+        feed_forward = layer(cfg, batch, seq, **shard, kernels=("ffn",))
+        return [collective(same_everywhere(world, work), "allreduce", [whole] * world, whole)
+                for work in (attention, feed_forward)]
+
 
 class TensorParallel(Strategy):
     name = "tp"
@@ -142,6 +153,13 @@ class TensorParallel(Strategy):
     @classmethod
     def weights_bytes(cls, cfg, world, rank, **options):
         return FP32 * (embedding_params(cfg) + cfg.layers * TensorParallelLayer.params(cfg, world))
+
+    @classmethod
+    def steps(cls, cfg, world, batch, seq, **options):
+        out = []
+        for i in range(cfg.layers):
+            out += TensorParallelLayer.steps(cfg, world, batch, seq, embedding(cfg, batch, seq) if i == 0 else ())
+        return out
 
     @classmethod
     def flops(cls, cfg, world, rank, batch, seq, **options):

@@ -1,0 +1,83 @@
+"""bench.validate: the cost model's predictions against measurements, from driver records.
+
+    python -m bench.validate results/rates.jsonl [more.jsonl ...] [--out summary.json]
+
+Reads the records that carry `predicted_latency_s` (runs with --profile or --strategies auto)
+and prints, per record, measured latency (p50) against predicted, the relative error, and
+for each point (model, shape, rate, hosts) whether the planner's pick (an `auto:` record) is
+within 5% of the best measured placement there. Summary: median absolute error and the
+worst, the targets being 10% and 25%.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from . import cli, records
+from .plan import fmt_ms
+
+MEDIAN_TARGET, WORST_TARGET, PICK_TARGET = 0.10, 0.25, 0.05
+
+
+def point_of(rec: dict) -> tuple:
+    rate = rec.get("rate") or "-"
+    # An auto run may use only some hosts: its point is the hosts it was planned over.
+    hosts = (rec.get("plan") or {}).get("of_hosts") or (rec.get("env") or {}).get("hostnames") or ()
+    return rec.get("model"), rec.get("batch"), rec.get("seq"), rate, len(hosts) or rec.get("world_size")
+
+
+def main(argv=None) -> int:
+    p = cli.ArgumentParser(prog="python -m bench.validate", description=__doc__)
+    p.add_argument("results", nargs="+", help="JSONL record files")
+    p.add_argument("--out", type=cli.output_path, default=None, help="write the summary as JSON here")
+    args = p.parse_args(argv)
+    recs = []
+    for path in args.results:
+        recs += [r for r in records.read_records(path) if r.get("latency_s")]
+    from tabulate import tabulate
+    rows, errors, points = [], [], {}
+    for rec in recs:
+        measured = rec["latency_s"]["p50"]
+        points.setdefault(point_of(rec), []).append(rec)
+        if rec.get("predicted_latency_s") is None:
+            continue
+        error = rec["predicted_latency_s"] / measured - 1
+        errors.append(abs(error))
+        rows.append([rec.get("label"), rec.get("rate") or "-", rec.get("world_size"), f"{rec.get('batch')}x{rec.get('seq')}",
+                     fmt_ms(measured), fmt_ms(rec["predicted_latency_s"]), f"{100 * error:+.1f}%",
+                     (rec.get("predicted") or {}).get("dominant", "-")])
+    if not errors:
+        raise cli.UsageError("no record carries predicted_latency_s: run the drivers with --profile or "
+                             "--strategies auto")
+    print(tabulate(rows, headers=["placement", "rate", "P", "shape", "measured p50", "predicted", "error",
+                                  "predicted dominant"], tablefmt="github", disable_numparse=True))
+    summary = {"records": len(errors), "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors)}
+    print(f"\n{len(errors)} predictions: median |error| {100 * summary['median_abs_error']:.1f}% "
+          f"(target {100 * MEDIAN_TARGET:.0f}%), worst {100 * summary['worst_abs_error']:.1f}% "
+          f"(target {100 * WORST_TARGET:.0f}%)")
+    picks = []
+    for point, group in points.items():
+        auto = [r for r in group if str(r.get("label", "")).startswith("auto:")]
+        others = [r for r in group if not str(r.get("label", "")).startswith("auto:")]
+        if auto and others:
+            best = min(others, key=lambda r: r["latency_s"]["p50"])
+            ratio = auto[-1]["latency_s"]["p50"] / best["latency_s"]["p50"]
+            picks.append({"point": list(point), "pick": auto[-1]["plan"]["label"], "best_measured": best["label"],
+                          "pick_over_best": ratio, "within_target": ratio <= 1 + PICK_TARGET})
+    if picks:
+        print()
+        print(tabulate([[" ".join(map(str, p["point"])), p["pick"], p["best_measured"], f"{p['pick_over_best']:.3f}",
+                         "yes" if p["within_target"] else "NO"] for p in picks],
+                       headers=["point (model batch seq rate hosts)", "planner's pick", "best measured",
+                                "pick/best", f"within {100 * PICK_TARGET:.0f}%"], tablefmt="github",
+                       disable_numparse=True))
+    summary["picks"] = picks
+    if args.out:
+        with open(args.out, "w") as handle:
+            json.dump(summary, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.guard(main)
