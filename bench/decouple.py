@@ -46,7 +46,7 @@ from parallelism.errors import UsageError
 
 from . import records
 from .cli import ArgumentParser, finite_float, name_list, nonneg_int, positive_int, run
-from .textdata import CORPORA, TOKENIZER_FILES, DataError, Tokenizer, distillation_texts, shipped_minilm
+from .textdata import CORPORA, TOKENIZER_FILES, Tokenizer, distillation_texts, shipped_minilm
 
 STATE = "distill-state.pt"
 CURVE = "distill.jsonl"

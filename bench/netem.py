@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 
 from bench import cli, network as N
 from parallelism.errors import UsageError

@@ -228,7 +228,7 @@ def netem_available() -> bool | None:
         return _NETEM_CACHE["netem"]
     answer = None
     release = os.uname().release
-    for path in (f"/sys/module/sch_netem", f"/lib/modules/{release}/kernel/net/sched/sch_netem.ko",
+    for path in ("/sys/module/sch_netem", f"/lib/modules/{release}/kernel/net/sched/sch_netem.ko",
                  f"/lib/modules/{release}/kernel/net/sched/sch_netem.ko.xz",
                  f"/lib/modules/{release}/kernel/net/sched/sch_netem.ko.zst"):
         if os.path.exists(path):

@@ -15,7 +15,7 @@ from kernels import PRESETS
 from parallelism import STRATEGIES, UsageError
 from parallelism.comm import world_rank
 
-from .cli import ArgumentParser, bounded_int, name_list, nonneg_int, output_path, positive_int
+from .cli import ArgumentParser, bounded_int, name_list, output_path, positive_int
 
 DEFAULT_STRATEGIES = ("dp", "pp", "tp", "sp", "bp")
 BOUNDARIES = ("replicate", "tp")

@@ -21,7 +21,6 @@ as nan/inf in the tables and is left out of the plots.
 
 from __future__ import annotations
 
-import math
 import importlib.util
 import os
 import re

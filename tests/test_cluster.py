@@ -440,7 +440,7 @@ def test_ssh_check_names_unreachable_hosts_and_hosts_without_the_project(name, t
     hostfile.write_text(f"# two hosts\n{name}-h0:1\n{absent}:1\n")
     proc = cluster("ssh-check", str(hostfile), name=name, timeout=30)  # a hang would fail here
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert f"1 of 2 hosts" in proc.stderr and f"{absent}: ssh failed" in proc.stderr and f"{name}-h0" not in \
+    assert "1 of 2 hosts" in proc.stderr and f"{absent}: ssh failed" in proc.stderr and f"{name}-h0" not in \
         proc.stderr.split("ready for an MPI launch:")[1]
     hostfile.write_text(f"{name}-h0\n")
     proc = cluster("ssh-check", str(hostfile), "--wdir", str(tmp_path / "nowhere"), name=name, timeout=30)

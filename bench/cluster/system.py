@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from parallelism.errors import UsageError   # invalid input or environment: exit 2, nothing created
+from parallelism.errors import UsageError  # noqa: F401 - re-exported: invalid input or environment: exit 2, nothing created
 
 
 class ClusterError(Exception):
