@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 
 from bench.cluster import CpuQuota, ClusterNames, launch, lifecycle, state as cluster_state
-from mpi_launcher import is_open_mpi
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -45,9 +44,6 @@ needs_root = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 SSHD_REASON = REASON or (None if shutil.which("sshd") or os.path.exists("/usr/sbin/sshd") else
                          "openssh-server not installed (.ci/run installs it when root)")
 needs_sshd = pytest.mark.skipif(SSHD_REASON is not None, reason=SSHD_REASON or "")
-# `run` drives MPICH hydra (-launcher ssh -launcher-exec AGENT -iface); Open MPI's mpiexec refuses those.
-needs_hydra = pytest.mark.skipif(is_open_mpi(),
-                                 reason="bench.cluster run launches with MPICH hydra, this venv has Open MPI")
 
 
 def unique_name() -> str:
@@ -140,11 +136,9 @@ def test_up_idempotent_status_run_failure_down_leaves_nothing(name, tmp_path):
     proc = cluster("up", "--hosts", "1", "--rate", "50mbit", "--subnet", status["subnet"], name=other)
     assert proc.returncode == 2 and "overlaps" in proc.stderr and leftovers(other) == []
     # a command failing on one rank: non-zero exit, cluster still intact, down removes everything
-    if not is_open_mpi():   # (Open MPI's mpiexec would fail here for the wrong reason: see needs_hydra)
-        job = write_job(tmp_path, "import sys\nfrom mpi4py import MPI\n"
-                                  "sys.exit(3 if MPI.COMM_WORLD.Get_rank() == 1 else 0)\n")
-        proc = cluster("run", "--", sys.executable, job, name=name, timeout=60)
-        assert proc.returncode != 0
+    job = write_job(tmp_path, "import sys\nfrom mpi4py import MPI\nsys.exit(3 if MPI.COMM_WORLD.Get_rank() == 1 else 0)\n")
+    proc = cluster("run", "--", sys.executable, job, name=name, timeout=60)
+    assert proc.returncode != 0
     assert cluster("shape", "--rate", "10mbit", name=name).returncode == 0
     assert json.loads(cluster("status", "--json", name=name).stdout)["host_list"][1]["egress"]["rate_bit"] == 10**7
     proc = cluster("down", name=name)
@@ -205,7 +199,6 @@ if comm.rank == 0:
 
 
 @needs_root
-@needs_hydra
 def test_allgather_100mbit_wire_bytes_and_time(name, tmp_path):
     assert cluster("up", "--hosts", "4", "--rate", "100mbit", "--cpu-quota", "0.45", name=name).returncode == 0
     proc = cluster("run", "--", sys.executable, write_job(tmp_path, ALLGATHER_JOB), name=name, timeout=120)
@@ -302,7 +295,6 @@ def sizes(paths: list[Path]) -> list[int]:
 
 
 @needs_root
-@needs_hydra
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
 def test_killing_run_ends_mpiexec_and_every_rank(name, tmp_path, sig):
     assert cluster("up", "--hosts", "2", "--rate", "100mbit", name=name).returncode == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench import network as N
-from test_cluster import REASON, ROOT, cluster, leftovers, needs_hydra, unique_name
+from test_cluster import REASON, ROOT, cluster, leftovers, unique_name
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 needs_root = pytest.mark.skipif(REASON is not None, reason=REASON or "")
@@ -123,7 +123,6 @@ def test_not_root_is_a_clear_error(world_readable_copy):
     assert proc.returncode == 2 and "needs root" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
 
 
-@needs_hydra
 def test_under_mpi_one_process_per_host_acts(name):
     proc = cluster("run", "--", sys.executable, "-m", "bench.netem", "show", "--iface", "eth0", "--json",
                    name=name, timeout=60)
