@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.mpi_launcher import program_lines
 from tests.test_drivers import ROOT, TINY, mpiexec, run
 
 pytestmark = pytest.mark.slow
@@ -26,7 +27,7 @@ def job_env():
 
 
 def one_line_error(done, needle: str) -> None:
-    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    lines = program_lines(done.stderr)
     assert done.returncode == 2, done.stderr
     assert lines and all(line.startswith("error: ") for line in lines), done.stderr
     assert needle in lines[0], done.stderr
