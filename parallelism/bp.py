@@ -27,7 +27,21 @@ What it communicates, per block (N_b times per forward):
 - `boundary='tp'`: + the 2 allreduces of T = B*s*h*4 of the TP layer.
 After the boundary layer every rank has the full hidden state and cuts its
 slices again; after the last block every rank holds the full (B, s, h)
-output.
+output. (Bytes above are fp32's; option `wire_dtype` packs each part before
+the call, `wire_reduce` picks how the boundary='tp' allreduces run:
+parallelism/wire_ops.py.)
+
+Overlap (`overlap='on'`, `chunks` C, C <= s): the block's last decoupled layer
+runs attention and its residual/LayerNorm on every token (attention needs all
+keys), then its FFN, residual and LayerNorm (per token) span by span: each
+span's slices go on the wire (a non-blocking allgatherv) as soon as they are
+computed, while the next span's FFN runs. The boundary layer projects q|k|v
+of each span as soon as it has arrived (also per token), then attends over
+all tokens as usual (boundary='tp': its allreduces too go span by span,
+`TensorParallelLayer`). C allgathers per block instead of one, the same
+bytes (int8: the scales of each span's parts). Exact: the same per-token
+arithmetic on fewer rows at a time. Not overlapped: the boundary's attention
+waits for the last span, and the next block needs the boundary's whole output.
 """
 
 from __future__ import annotations

@@ -16,7 +16,18 @@ What it communicates (all `allgatherv`, counted as op 'allgather'):
   the full (B, s, h) output: payload B*s_q[r]*h*4, bus B*(s - s_q[r])*h*4.
 That is L + 1 allgather calls per forward. Refused: more ranks than tokens
 (P > s, found at forward time, identically on every rank, before any
-communication; P > max_positions at construction).
+communication; P > max_positions at construction). (Bytes above are fp32's;
+option `wire_dtype` packs each part before the call: parallelism/wire_ops.py.)
+
+Overlap (`overlap='on'`, `chunks` C <= s_q[r] on every rank): each rank cuts
+its tokens into C spans. After a layer's attention (which needs every key),
+the rest of the layer is per token, and so is the next layer's projection: so
+span by span the rank runs FFN + LayerNorm, projects the next layer's q, k, v
+and posts that span's keys and values (a non-blocking allgatherv straight
+into their global positions of the gathered buffer) while it computes the
+next span; the last layer posts its output spans the same way. (L + 1) x C
+allgathers, the same bytes (int8: the scales of each span's parts). Exact:
+the same per-token arithmetic on fewer rows at a time.
 """
 
 from __future__ import annotations
