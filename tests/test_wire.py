@@ -12,7 +12,7 @@ import torch
 
 import kernels as K
 from conftest import padded_batch, tokenize
-from parallelism import STRATEGIES, Communicator, UsageError
+from parallelism import STRATEGIES, UsageError
 from parallelism.traffic import total
 from parallelism.wire import INT8_BLOCK, WIRE_DTYPES, pack, roundtrip, unpack, wire_bytes
 from parallelism.wire_ops import split_counts
@@ -146,14 +146,6 @@ def test_bad_combinations_are_refused_in_one_line(name, cfg, options, seq, messa
 
 
 # -- every strategy x wire dtype x overlap, for real (MPI) --------------------------------------
-@pytest.fixture(scope="module")
-def comm():
-    world = Communicator()
-    if world.size > 1:
-        torch.set_num_threads(1)  # several ranks share 2 cores in CI
-    return world
-
-
 MPI_CASES = [  # (id, strategy, config, options)
     ("dp", "dp", TINY, {}), ("pp-mb2", "pp", TINY, {"micro_batches": 2}), ("tp", "tp", TINY, {}),
     ("sp", "sp", TINY, {}), ("bp-replicate", "bp", DECOUPLED, {}), ("bp-tp", "bp", DECOUPLED, {"boundary": "tp"}),
