@@ -13,7 +13,9 @@ pickled metadata helpers (never in a hot loop) and `free`.
 
 from __future__ import annotations
 
+import atexit
 import os
+import threading
 from time import perf_counter, sleep
 from dataclasses import dataclass, field
 
@@ -90,22 +92,78 @@ def _displacements(counts: list[int]) -> list[int]:
     return [sum(counts[:r]) for r in range(len(counts))]
 
 
+class _Progress:
+    """Keeps MPI moving while the caller computes: MPICH advances a non-blocking collective
+    only inside MPI calls, so a ring allgather posted before a GEMM would sit after its first
+    step until the next call. While any collective posted with `background=True` is in flight
+    this thread pokes MPI's progress engine (an Iprobe on a communicator of its own; Iprobe on
+    COMM_SELF does not progress) every `interval` seconds, sleeping in between (torch releases
+    the GIL in its kernels, so the GEMMs run meanwhile). Measured here (2 local ranks, a 64 MiB
+    Iallreduce posted before 1.5 s of matmuls): Wait afterwards took 70-76 ms without it, 0.0 ms
+    with it. Its own cost while a request is pending (2 local ranks, loaded machine): 4.2% of a
+    core poking every 200 us, 3.0% every 500 us, 2.0% every 1 ms; 500 us adds at most half a
+    millisecond per ring step, a step of a 100 KiB part taking ~0.8 ms even at 1 Gbit/s.
+    Needs MPI_THREAD_MULTIPLE (mpi4py's default); without it there is no thread."""
+
+    def __init__(self, interval: float = 500e-6):
+        self.interval, self.outstanding = interval, 0
+        self._lock, self._wake, self._stop, self._thread = threading.Lock(), threading.Event(), False, None
+
+    def add(self) -> None:
+        with self._lock:
+            self.outstanding += 1
+            self._wake.set()
+            if self._thread is None and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+                self._thread = threading.Thread(target=self._run, name="mpi-progress", daemon=True)
+                self._thread.start()
+
+    def done(self) -> None:
+        with self._lock:
+            self.outstanding -= 1
+            if self.outstanding == 0:
+                self._wake.clear()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._stop:
+                return
+            _PROGRESS.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG)
+            sleep(self.interval)
+
+    def stop(self) -> None:
+        """Before MPI finalizes (atexit): no MPI call may follow."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+
+
 class Request:
     """A non-blocking operation; `wait()` charges the waiting time to its op and returns its tensor.
 
-    `test()` lets MPI move it along: MPICH progresses a non-blocking collective only inside
-    MPI calls, so code that computes while one is in flight calls `test()` now and then.
+    `test()` completes it if it is done (and lets MPI move it along). Collectives posted with
+    `background=True` are also moved along by the progress thread (`_Progress`) until done.
     """
 
-    def __init__(self, comm: "Communicator", request, totals: OpTotals, tensor: torch.Tensor, *keep):
+    def __init__(self, comm: "Communicator", request, totals: OpTotals, tensor: torch.Tensor, *keep,
+                 background: bool = False):
         # Holding the tensors keeps their memory alive until the transfer completes.
         self._comm, self._request, self._totals, self._tensor, self._keep = comm, request, totals, tensor, keep
-        self._done = False
+        self._done, self._background = False, background
+        if background:
+            PROGRESS.add()
+
+    def _finished(self) -> None:
+        self._done = True
+        if self._background:
+            PROGRESS.done()
 
     def test(self) -> bool:
         if not self._done:
             start = perf_counter()
-            self._done = self._request.Test()
+            if self._request.Test():
+                self._finished()
             self._totals.seconds += perf_counter() - start
         return self._done
 
@@ -114,7 +172,7 @@ class Request:
             start = perf_counter()
             self._comm._complete(self._request)
             self._totals.seconds += perf_counter() - start
-            self._done = True
+            self._finished()
         return self._tensor
 
 
@@ -247,11 +305,12 @@ class Communicator:
     def iallgatherv(self, part: torch.Tensor, counts: list[int], out: torch.Tensor,
                     displs: list[int] | None = None, totals: OpTotals | None = None) -> Request:
         """Non-blocking `allgatherv`: returns a Request whose wait() gives `out`. With `totals`
-        the call is one step of an operation counted by `count` and only adds its time there."""
+        the call is one step of an operation counted by `count` and only adds its time there.
+        Moved along in the background (`_Progress`) until done."""
         send, recv, n, whole = self._gatherv_specs(part, counts, out, displs)
         start = perf_counter()
         request = self.mpi.Iallgatherv(send, recv)
-        return Request(self, request, self._post(totals, "allgather", n, whole, start), out, part)
+        return Request(self, request, self._post(totals, "allgather", n, whole, start), out, part, background=True)
 
     def _gatherv_specs(self, part, counts, out, displs):
         if part.numel() != counts[self.rank]:
@@ -266,11 +325,12 @@ class Communicator:
         return send, [memory, (counts, displs), mpi_type], n, sum(counts) * out.element_size()
 
     def iallreduce(self, tensor: torch.Tensor) -> Request:
-        """Non-blocking in-place sum over ranks; wait() gives the tensor."""
+        """Non-blocking in-place sum over ranks; wait() gives the tensor. Moved along in the
+        background (`_Progress`) until done."""
         buf, n = _buffer(tensor, "allreduce", _REDUCE_TYPES)
         start = perf_counter()
         request = self.mpi.Iallreduce(MPI.IN_PLACE, buf, MPI.SUM)
-        return Request(self, request, self._count("allreduce", n, n, start), tensor)
+        return Request(self, request, self._count("allreduce", n, n, start), tensor, background=True)
 
     def ialltoallv(self, send: torch.Tensor, send_counts: list[int], recv: torch.Tensor,
                    recv_counts: list[int], totals: OpTotals | None = None) -> Request:
@@ -287,7 +347,7 @@ class Communicator:
         request = self.mpi.Ialltoallv([send_memory, (send_counts, _displacements(send_counts)), send_type],
                                       [recv_memory, (recv_counts, _displacements(recv_counts)), recv_type])
         kept = send_counts[self.rank] * send.element_size()
-        return Request(self, request, self._post(totals, "alltoall", kept, n, start), recv, send)
+        return Request(self, request, self._post(totals, "alltoall", kept, n, start), recv, send, background=True)
 
     def reduce_scatter(self, tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
         """Sum over ranks of flat `tensor`; rank r keeps elements [sum(counts[:r]), +counts[r])."""
@@ -463,6 +523,10 @@ def processor_name() -> str:
 # A communicator of its own, so that the failure handshake can never match a collective the
 # healthy ranks are in. Dup is collective: every rank imports this module at start-up.
 _FAILURES = MPI.COMM_WORLD.Dup()
+# Probed by the progress thread (never sent on, so its Iprobe matches nothing).
+_PROGRESS = MPI.COMM_WORLD.Dup()
+PROGRESS = _Progress()
+atexit.register(PROGRESS.stop)
 
 
 def end_job_on_error(code: int, agree_s: float = 2.0) -> None:

@@ -10,8 +10,9 @@ one is in flight calls `progress()` between its pieces of work).
 
 Allreduce (`Wire.reduce`):
 - `mpi`: MPI's own sum in the wire dtype: fp32, or fp16 (MPICH sums MPIX_C_FLOAT16 in fp16,
-  rounding at each of its P-1 additions; an MPI without MPIX_C_FLOAT16, such as Open MPI
-  builds we did not check, would refuse it). bf16 and int8 cannot go this way: MPI has no
+  rounding at each of its P-1 additions: 2048 + 1 + 1 + 1 over 4 ranks gave 2050 where one
+  rounding of the exact 2051 gives 2052; an MPI without MPIX_C_FLOAT16 would refuse it: we did
+  not check Open MPI). bf16 and int8 cannot go this way: MPI has no
   bf16 sum here, and adding int8 codes that carry different scales is meaningless and overflows.
 - `split` (default for every dtype but fp32): one alltoall of the packed buffer (rank j gets
   everyone's chunk j: a reduce-scatter's traffic), a local sum in fp32 of the decoded chunks
