@@ -123,7 +123,9 @@ def main(argv=None) -> None:
                         measured = measure_all(session, sub, args, m, seq, plans)
                     sub.free()
                 session.comm.idle_barrier()
-            tp_bus = next((a["bus"]["total"] for plan, _, a, _ in results if plan.name == "tp" and a), None)
+            # The paper's baseline: TP with fp32 on the wire.
+            tp_bus = next((a["bus"]["total"] for plan, _, a, _ in results
+                           if plan.name == "tp" and "wire_dtype" not in plan.options and a), None)
             for plan, cfg, a, why in results:
                 got = measured.get(plan.label)
                 bus = a["bus"]["total"] if a else (got["bus"]["total"] if got else None)
@@ -159,7 +161,7 @@ def main(argv=None) -> None:
             session.tick(f"{m.name} P={P} seq {seq}: {len(results)} strategies")
     session.table(rows, HEADERS, title=f"bytes per inference per rank (batch {args.batch}; "
                                        "total = max over ranks; 'vs TP' = bus bytes / TP's)")
-    session.table(summary, ["model", "P", "seq", "bp", "TP/BP bus bytes"], title="TP / BP bus-byte ratio")
+    session.table(summary, ["model", "P", "seq", "bp", "fp32 TP/BP bus bytes"], title="fp32 TP / BP bus-byte ratio")
     session.finish()
 
 

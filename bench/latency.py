@@ -7,9 +7,10 @@
 Per strategy: latency of a whole forward (per iteration the max over ranks)
 as min/p50/p90/p99/mean/max, compute vs communication, payload/bus bytes and
 messages per rank per inference (measured and analytic), weights per rank, the
-serial latency measured in the same job, the speedup, and max_abs_err of the
-output vs the serial reference computed in the same job (bp: vs the serial
-decoupled model).
+serial latency measured in the same job, the speedup, and max_abs_err and mean
+cosine of the output vs the fp32 serial reference computed in the same job (bp:
+vs the serial decoupled model). `--wire-dtype fp32,fp16,bf16,int8` and
+`--overlap off,on` run every strategy in each configuration it takes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ skipped with the reason (an explicit --strategies list makes that an error)."""
 
 EPILOG = """records: one JSON line per strategy appended to --out (fields: latency_s, compute_s, comm_s,
 payload/bus/messages per rank by op, expected_*, weights_bytes_per_rank, serial_latency_s,
-speedup_vs_serial, max_abs_err, wire_bytes_per_rank, network, rate, env ...).
+speedup_vs_serial, max_abs_err, mean_cosine, output_check, wire_dtype, wire_reduce,
+overlap_chunks, wire_bytes_per_rank, network, rate, env ...).
 
 --compare-bare measures the harness's own overhead: the timed iterations are split into
 up to 8 blocks, each followed by as many forwards of a bare hand-written loop (barrier,
@@ -104,11 +106,12 @@ def main(argv=None) -> None:
 
 def point_summary(record) -> str:
     err = record["max_abs_err"]
-    return f"p50 {H.fmt_s(record['latency_s']['p50'])}" + ("" if err is None else f", err {err:.1e}")
+    return f"p50 {H.fmt_s(record['latency_s']['p50'])}" + ("" if err is None else f", err {err:.1e}, "
+                                                          f"cosine {record['mean_cosine']:.6f}")
 
 
 HEADERS = ["strategy", "p50", "p90", "p99", "compute", "comm", "serial p50", "speedup", "bus B/rank",
-           "expected bus", "msgs/rank", "weights/rank", "max_abs_err"]
+           "expected bus", "msgs/rank", "weights/rank", "max_abs_err", "cosine"]
 
 
 def run_one(session, args, model, cfg, weights, plan, ids, mask, ref, original_serial, explicit):
@@ -135,7 +138,8 @@ def run_one(session, args, model, cfg, weights, plan, ids, mask, ref, original_s
            f"{serial['p50'] / lat['p50']:.2f}x", H.fmt_bytes(record["bus_bytes_per_rank"]["total"]),
            H.fmt_bytes(record["expected_bus_bytes_per_rank"]["total"]),
            f"{record['messages_per_rank']['total']:g}",
-           H.fmt_bytes(record["weights_bytes_per_rank"]["max"]), "-" if err is None else f"{err:.1e}"]
+           H.fmt_bytes(record["weights_bytes_per_rank"]["max"]), "-" if err is None else f"{err:.1e}",
+           "-" if err is None else f"{record['mean_cosine']:.6f}"]
     if timing.bare_s is not None:
         row[0] += f" [overhead x{lat['mean'] / timing.bare_s:.3f}]"
     if record.get("predicted_latency_s") is not None:

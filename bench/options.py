@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields
 from kernels import PRESETS
 from parallelism import STRATEGIES, UsageError
 from parallelism.comm import world_rank
+from parallelism.wire import WIRE_DTYPES
+from parallelism.wire_ops import REDUCE_MODES
 
 from .cli import ArgumentParser, bounded_int, name_list, output_path, positive_int
 
@@ -39,6 +41,10 @@ class Options:
     assignment: list[list[int]] | None = None
     micro_batches: int | None = None
     profile: str | None = None
+    wire_dtype: list[str] = field(default_factory=lambda: ["fp32"])
+    wire_reduce: str = "auto"
+    overlap: list[str] = field(default_factory=lambda: ["off"])
+    chunks: int = 4
     warmup: int = 2
     iters: int = 10
     threads: int = 1
@@ -129,6 +135,17 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
                        help="bp sub-blocks per rank, ranks separated by '/', e.g. '0,1/2/3' (default: even)")
         s.add_argument("--micro-batches", type=bounded_int(1, 65536, "a micro-batch count"), default=None,
                        help="pp micro-batches per forward (default: the strategy's)")
+        s.add_argument("--wire-dtype", type=name_list, default=["fp32"],
+                       help=f"how activations travel: {', '.join(WIRE_DTYPES)}, or several, e.g. 'fp32,int8' "
+                            "(int8: one fp32 scale per 64 values; default fp32)")
+        s.add_argument("--wire-reduce", choices=REDUCE_MODES, default="auto",
+                       help="allreduces (tp, bp --boundary tp): mpi = MPI's own sum (fp32, fp16), split = "
+                            "alltoall + fp32 sum + allgather (any wire dtype); auto = mpi for fp32, else split")
+        s.add_argument("--overlap", type=name_list, default=["off"],
+                       help="off, on, or 'off,on': tp, sp and bp cut their communication into --chunks "
+                            "token spans, each sent while the next is computed (default off)")
+        s.add_argument("--chunks", type=bounded_int(1, 65536, "a chunk count"), default=4,
+                       help="token spans per overlapped communication (<= seq; default 4)")
     if timing:
         t = p.add_argument_group("timing")
         t.add_argument("--warmup", type=bounded_int(0, MAX_ITERS, "a warm-up count"), default=d.warmup,
@@ -173,6 +190,12 @@ def parse(p: ArgumentParser, argv=None, cls: type[Options] = Options) -> Options
         if b not in BOUNDARIES:
             raise UsageError(f"--boundary: expected replicate or tp, got {b!r}")
     opts.boundary = list(dict.fromkeys(opts.boundary or []))  # 'tp,tp' once
+    for flag, values, allowed in (("--wire-dtype", opts.wire_dtype, WIRE_DTYPES),
+                                  ("--overlap", opts.overlap, ("off", "on"))):
+        for value in values:
+            if value not in allowed:
+                raise UsageError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
+    opts.wire_dtype, opts.overlap = list(dict.fromkeys(opts.wire_dtype)), list(dict.fromkeys(opts.overlap))
     if opts.strategies and "auto" in opts.strategies:
         if len(opts.strategies) > 1:
             raise UsageError("--strategies auto runs the planner's pick alone: do not list other strategies")

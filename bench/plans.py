@@ -33,19 +33,40 @@ class Plan:
 
 
 def strategy_options(cls, opts: Options, extra: dict | None = None) -> list[dict]:
-    """The option sets to run `cls` with (one per --boundary value for bp)."""
+    """The option sets to run `cls` with: one per --boundary value (bp) x --wire-dtype value x
+    --overlap value (tp, sp, bp), each option only where the strategy takes it."""
     accepted = cls.options
-    given = {"assignment": opts.assignment, "micro_batches": opts.micro_batches, **(extra or {})}
-    base = {key: value for key, value in given.items() if key in accepted and value is not None}
-    if "boundary" in accepted:
-        return [{**base, "boundary": b} for b in (opts.boundary or ["replicate"])]
-    return [base]
+    given = {"assignment": opts.assignment, "micro_batches": opts.micro_batches,
+             "wire_reduce": None if opts.wire_reduce == "auto" else opts.wire_reduce, **(extra or {})}
+    sets = [{key: value for key, value in given.items() if key in accepted and value is not None}]
+    for key, values in (("boundary", opts.boundary or ["replicate"]), ("wire_dtype", opts.wire_dtype),
+                        ("overlap", opts.overlap)):
+        if key in accepted:
+            sets = [{**s, key: v} for s in sets for v in values]
+    for s in sets:
+        if s.get("overlap") == "on":
+            s["chunks"] = opts.chunks
+        elif s.get("overlap") == "off":
+            del s["overlap"]  # the strategy's default: records of runs without --overlap look alike
+        if s.get("wire_dtype") == "fp32":
+            del s["wire_dtype"]
+    unique = []
+    for s in sets:
+        if s not in unique:  # e.g. --overlap on,off for a strategy without the option
+            unique.append(s)
+    return unique
 
 
 def label_of(name: str, options: dict, show_boundary: bool) -> str:
-    if show_boundary and "boundary" in options:
-        return f"{name}({options['boundary']})"
-    return name
+    """'bp', or with what sets the point apart: 'bp(tp)', 'tp(int8)', 'bp(replicate,fp16,overlap4)'."""
+    parts = [options["boundary"]] if show_boundary and "boundary" in options else []
+    if options.get("wire_dtype", "fp32") != "fp32":
+        parts.append(options["wire_dtype"])
+    if options.get("wire_reduce"):
+        parts.append(f"reduce={options['wire_reduce']}")
+    if options.get("overlap") == "on":
+        parts.append(f"overlap{options['chunks']}")
+    return f"{name}({','.join(parts)})" if parts else name
 
 
 def _with_label(label: str, message: str) -> str:

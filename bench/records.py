@@ -226,11 +226,12 @@ def _append(path, data: bytes, header: bytes | None = None) -> None:
 # so that one CSV file can take records of several runs.
 CSV_COLUMNS = [
     "bench", "strategy", "model", "world_size", "devices", "batch", "seq", "n_blocks", "n_div", "boundary",
+    "wire_dtype", "overlap_chunks",
     "rate", "requests", "latency_s.min", "latency_s.p50", "latency_s.p90", "latency_s.p99", "latency_s.mean",
     "latency_s.max", "compute_s", "comm_s", "serial_latency_s", "speedup_vs_serial", "throughput_rps",
     "efficiency", "payload_bytes_per_rank.total", "bus_bytes_per_rank.total",
     "expected_payload_bytes_per_rank.total", "expected_bus_bytes_per_rank.total", "messages_per_rank.total",
-    "wire_bytes_per_rank", "weights_bytes_per_rank.max", "max_abs_err", "env.utc_time", "env.git_commit",
+    "wire_bytes_per_rank", "weights_bytes_per_rank.max", "max_abs_err", "mean_cosine", "env.utc_time", "env.git_commit",
 ]
 
 

@@ -32,7 +32,8 @@ from . import records
 from . import report_plots as plots
 from .cli import ArgumentParser, UsageError, run
 from .records import fmt_bytes as b, fmt_s as s, is_finite
-from .report_data import by_strategy_order, group, load, load_peer, order, peer_matches, peer_strategies, rate_bits
+from .report_data import (by_strategy_order, families, group, load, load_peer, order, peer_matches, peer_strategies,
+                          rate_bits)
 
 LATENCY_INTRO = (
     "Latency is one whole forward, per iteration the maximum over ranks, after a barrier. "
@@ -123,11 +124,13 @@ def latency_tables(lat) -> list[str]:
         head = f"### {model}, batch {batch}, seq {seq}, P={P}" + (f", rate {rate}" if rate else "")
         md += [head, "", md_table(
             ["strategy", "p50", "p90", "p99", "compute", "comm", "serial p50", "speedup",
-             "vs original serial", "bus B/rank", "msgs/rank", "weights/rank", "max_abs_err", "harness/bare"],
+             "vs original serial", "bus B/rank", "msgs/rank", "weights/rank", "max_abs_err", "cosine",
+             "harness/bare"],
             [[r.label, s(r.p50), s(r.p90), s(r.p99), s(r.compute_s), s(r.comm_s), s(r.serial_p50),
               f"{r.speedup:.2f}x" if r.speedup else "-",
               f"{r.speedup_original:.2f}x" if r.speedup_original else "-",
               b(r.bus), "-" if r.messages is None else f"{r.messages:g}", b(r.weights), fmt_err(r.max_abs_err),
+              "-" if r.mean_cosine is None else f"{r.mean_cosine:.6f}",
               f"{r.harness_ratio:.3f}" if r.harness_ratio else "-"]
              for r in by_strategy_order(rs)]), ""]
     return md
@@ -183,6 +186,12 @@ def latency_section(lat, out_dir: Path, name: str, peers) -> tuple[list[str], li
             if plots.plot_latency_vs_rate(rs, path, f"{model}, seq {seq}, batch {batch}, P={P}", peers):
                 written.append(path)
                 md += [f"![latency vs bandwidth]({path.name})", ""]
+            # Wire dtypes and overlap: per strategy one more plot, a line per configuration.
+            for family, frs in families(rs).items():
+                path = out_dir / f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}-{family}.png".replace("/", "_")
+                if plots.plot_latency_vs_rate(frs, path, f"{family}: wire dtype x overlap, {model}, seq {seq}, P={P}"):
+                    written.append(path)
+                    md += [f"![{family} latency vs bandwidth]({path.name})", ""]
     for (model, batch, seq), rs in group(lat, "model", "batch", "seq").items():
         tag = f"{model}-s{seq}-b{batch}".replace("/", "_")
         unshaped = [r for r in rs if not r.rate or len(rates) < 2]  # rated ones: plotted vs rate

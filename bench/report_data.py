@@ -42,7 +42,8 @@ FIELDS = [
     ("expected_messages", "expected_messages_per_rank", TOTAL),
     ("weights", "weights_bytes_per_rank.max", NUM), ("wire", "wire_bytes_per_rank", NUM),
     ("bus_ratio_to_tp", "bus_ratio_to_tp", NUM), ("max_abs_err", "max_abs_err", NUM),
-    ("output_check", "output_check", TEXT),
+    ("mean_cosine", "mean_cosine", NUM), ("output_check", "output_check", TEXT),
+    ("boundary", "boundary", TEXT), ("wire_dtype", "wire_dtype", TEXT), ("overlap_chunks", "overlap_chunks", INT),
     ("throughput_rps", "throughput_rps", NUM), ("efficiency", "efficiency", NUM),
     ("utc_time", "env.utc_time", TEXT), ("loadavg", "env.loadavg_1m", NUM),
     ("hostnames", "env.hostnames", TEXTS), ("cpus", "env.cpus", INT),
@@ -88,7 +89,11 @@ class Row:
     wire: float | None = None
     bus_ratio_to_tp: float | None = None
     max_abs_err: float | None = None
-    output_check: str | None = None   # the harness's verdict on the output: ok, non-finite, shape mismatch
+    mean_cosine: float | None = None
+    output_check: str | None = None
+    boundary: str | None = None
+    wire_dtype: str | None = None     # None in records made before wire dtypes: fp32
+    overlap_chunks: int | None = None  # 1 (or None): no overlap   # the harness's verdict on the output: ok, non-finite, shape mismatch
     throughput_rps: float | None = None
     efficiency: float | None = None
     utc_time: str | None = None
@@ -263,3 +268,13 @@ def peer_series(peer: dict) -> dict:
         for strategy, seconds in by_strategy.items():
             out.setdefault(strategy, []).append((rate_bits(rate) / 1e6, seconds))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def families(rows) -> "OrderedDict[str, list]":
+    """Rows by strategy (and bp boundary), when some of them vary the wire dtype or overlap."""
+    if all(r.wire_dtype in (None, "fp32") and (r.overlap_chunks or 1) == 1 for r in rows):
+        return OrderedDict()
+    out: OrderedDict = OrderedDict()
+    for r in rows:
+        out.setdefault(r.strategy + (f"({r.boundary})" if r.boundary else ""), []).append(r)
+    return OrderedDict((k, v) for k, v in out.items() if len({r.label for r in v}) > 1)

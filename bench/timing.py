@@ -199,6 +199,7 @@ def measure_point(plan, strategy, comm: Communicator, ids, mask, warmup: int, it
     weights = comm.allgather_object(int(strategy.weights_bytes_here()))
     fields = dict(
         strategy=plan.name, label=plan.label, options=plan.options, boundary=plan.options.get("boundary"),
+        wire_dtype=strategy.wire.dtype, wire_reduce=strategy.wire.reduce, overlap_chunks=strategy.chunks,
         warmup=warmup, iters=iters,
         weights_bytes_per_rank={"max": max(weights), "total": sum(weights), "by_rank": weights},
         peak_rss_bytes_per_rank=peak_rss_bytes(comm),

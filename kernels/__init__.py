@@ -3,7 +3,7 @@
 from .config import (FP32, PRESETS, ConfigError, ModelConfig, embedding_params, forward_flops, layer_flops,
                      layer_gemms, layer_index_params, layer_params, model_params, preset)
 from .layers import (EmbeddingWeights, LayerWeights, additive_mask, attention, attention_residual,
-                     embed, ffn, ffn_residual, layer_forward, layer_norm, project_qkv)
+                     embed, ffn, ffn_residual, layer_forward, layer_norm, project_qkv, split_qkv)
 from .model import ReferenceModel, block_outputs, decoupled_layer_forward
 from .weights import (LazyWeights, ModelWeights, config_from_checkpoint, init_embeddings, init_layer,
                       init_sub_block, init_weights, load_checkpoint, save_checkpoint, state_dict)
@@ -13,7 +13,7 @@ __all__ = [
     "layer_gemms", "layer_index_params", "layer_params", "model_params",
     "preset",
     "EmbeddingWeights", "LayerWeights", "additive_mask", "attention", "attention_residual", "embed",
-    "ffn", "ffn_residual", "layer_forward", "layer_norm", "project_qkv",
+    "ffn", "ffn_residual", "layer_forward", "layer_norm", "project_qkv", "split_qkv",
     "ReferenceModel", "block_outputs", "decoupled_layer_forward",
     "LazyWeights", "ModelWeights", "config_from_checkpoint", "init_embeddings", "init_layer", "init_sub_block",
     "init_weights", "load_checkpoint", "save_checkpoint", "state_dict",

@@ -102,8 +102,12 @@ def project_qkv(x: torch.Tensor, qkv_weight: torch.Tensor, qkv_bias: torch.Tenso
     `qkv_weight` holds the q, k and v rows of `n_heads` heads; pass a shard of
     the heads to compute just those (tensor parallelism).
     """
-    batch, seq, _ = x.shape
-    qkv = F.linear(x, qkv_weight, qkv_bias)
+    return split_qkv(F.linear(x, qkv_weight, qkv_bias), n_heads)
+
+
+def split_qkv(qkv: torch.Tensor, n_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The fused projection (B, s, 3 * n_heads * d), contiguous -> q, k, v views (B, n_heads, s, d)."""
+    batch, seq, _ = qkv.shape
     head_dim = qkv.shape[-1] // (3 * n_heads)
     q, k, v = qkv.view(batch, seq, 3, n_heads, head_dim).permute(2, 0, 3, 1, 4)
     return q, k, v
@@ -153,7 +157,12 @@ def ffn_residual(a: torch.Tensor, w: LayerWeights, eps: float) -> torch.Tensor:
 
 
 def layer_forward(x: torch.Tensor, w: LayerWeights, mask: torch.Tensor | None,
-                  n_heads: int, eps: float) -> torch.Tensor:
-    """One original BERT layer (x is h wide) or one decoupled sub-block (x is h/N_div wide)."""
-    q, k, v = project_qkv(x, w.qkv_weight, w.qkv_bias, n_heads)
+                  n_heads: int, eps: float, qkv: torch.Tensor | None = None) -> torch.Tensor:
+    """One original BERT layer (x is h wide) or one decoupled sub-block (x is h/N_div wide).
+
+    `qkv`: the fused projection F.linear(x, w.qkv_weight, w.qkv_bias) when the caller has
+    computed it already (per token, e.g. chunk by chunk as the rows of x arrived)."""
+    if qkv is None:
+        qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
+    q, k, v = split_qkv(qkv, n_heads)
     return ffn_residual(attention_residual(x, attention(q, k, v, mask), w, eps), w, eps)

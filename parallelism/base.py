@@ -17,7 +17,9 @@ import torch
 from kernels import ModelConfig, ModelWeights
 
 from .errors import UsageError
+from .options import overlap_chunks
 from .traffic import Traffic
+from .wire_ops import Wire
 
 if TYPE_CHECKING:  # the communicator imports mpi4py; the formulas must not need it
     from .comm import Communicator
@@ -38,6 +40,10 @@ class Strategy(ABC):
         self.cfg, self.comm = cfg, comm
         self.opts = {**self.options, **options}
         self.check(cfg, comm.size, **self.opts)
+        # How activations travel (parallelism/wire_ops.py) and how many chunks a forward's
+        # communication is cut into to overlap it with compute (1: no overlap).
+        self.wire = Wire.of(self.name, self.opts)
+        self.chunks = overlap_chunks(self.name, self.opts)
 
     @classmethod
     def check(cls, cfg: ModelConfig, world_size: int, **options) -> None:
@@ -47,6 +53,9 @@ class Strategy(ABC):
         if cls.decoupled != cfg.is_decoupled:
             kind = "a decoupled" if cls.decoupled else "an original"
             raise UsageError(f"{cls.name} runs {kind} model, got {cfg.describe()}")
+        options = {**cls.options, **options}
+        Wire.of(cls.name, options)
+        overlap_chunks(cls.name, options)
 
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -27,21 +27,39 @@ What it communicates, per block (N_b times per forward):
 - `boundary='tp'`: + the 2 allreduces of T = B*s*h*4 of the TP layer.
 After the boundary layer every rank has the full hidden state and cuts its
 slices again; after the last block every rank holds the full (B, s, h)
-output.
+output. (Bytes above are fp32's; option `wire_dtype` packs each part before
+the call, `wire_reduce` picks how the boundary='tp' allreduces run:
+parallelism/wire_ops.py.)
+
+Overlap (`overlap='on'`, `chunks` C, C <= s): the block's last decoupled layer
+runs attention and its residual/LayerNorm on every token (attention needs all
+keys), then its FFN, residual and LayerNorm (per token) span by span: each
+span's slices go on the wire (a non-blocking allgatherv) as soon as they are
+computed, while the next span's FFN runs. The boundary layer projects q|k|v
+of each span as soon as it has arrived (also per token), then attends over
+all tokens as usual (boundary='tp': its allreduces too go span by span,
+`TensorParallelLayer`). C allgathers per block instead of one, the same
+bytes (int8: the scales of each span's parts). Exact: the same per-token
+arithmetic on fewer rows at a time. Not overlapped: the boundary's attention
+waits for the last span, and the next block needs the boundary's whole output.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from kernels import FP32, additive_mask, embed, embedding_params, layer_flops, layer_forward, layer_gemms, layer_params
+from kernels import (FP32, additive_mask, attention, attention_residual, embed, embedding_params, ffn_residual,
+                     layer_flops, layer_forward, layer_gemms, layer_params, project_qkv)
 from kernels.layers import nbytes
 
 from .base import Strategy
 from .errors import UsageError
+from .options import OVERLAP_OPTIONS, overlap_chunks, spans
 from .schedule import Step, collective, embedding, layer, same_everywhere
-from .tp import TensorParallelLayer, check_tp_divisible
-from .traffic import charge
+from .tp import TensorParallelLayer, check_tp_divisible, join
+from .traffic import Traffic
+from .wire_ops import REDUCE_OPTIONS, WIRE_OPTIONS, Wire, allgather, allgather_traffic, progress
 
 BOUNDARIES = ("replicate", "tp")
 
@@ -78,7 +96,7 @@ def parse_assignment(value, n_div: int, world_size: int, who: str = "bp") -> lis
 class BlockParallel(Strategy):
     name = "bp"
     decoupled = True
-    options = {"boundary": "replicate", "assignment": None}
+    options = {"boundary": "replicate", "assignment": None, **WIRE_OPTIONS, **REDUCE_OPTIONS, **OVERLAP_OPTIONS}
 
     def __init__(self, cfg, weights, comm, **options):
         super().__init__(cfg, weights, comm, **options)
@@ -99,7 +117,7 @@ class BlockParallel(Strategy):
                 decoupled.append([layer[i] for i in self.mine])
             w = weights.layers[(b + 1) * lpb - 1]
             if self.opts["boundary"] == "tp":
-                boundary = TensorParallelLayer(w, cfg.heads, cfg.ln_eps, comm)
+                boundary = TensorParallelLayer(w, cfg.heads, cfg.ln_eps, comm, self.wire)
             else:
                 boundary = w
             self.blocks.append((decoupled, boundary))
@@ -127,33 +145,61 @@ class BlockParallel(Strategy):
 
     @torch.inference_mode()
     def forward(self, input_ids, attention_mask, token_type_ids=None):
-        cfg, comm = self.cfg, self.comm
+        cfg, comm, wire = self.cfg, self.comm, self.wire
         batch, seq = input_ids.shape
         w_sub, heads, eps = cfg.sub_width, cfg.heads, cfg.ln_eps
         mask = additive_mask(attention_mask)
-        counts = [len(part) * batch * seq * w_sub for part in self.assignment]
-        gathered = torch.empty((cfg.n_div, batch, seq, w_sub))
+        pieces = spans(self.name, seq, self.chunks)
+        post = len(pieces) > 1
 
         x = embed(input_ids, self.embeddings, eps, token_type_ids)
         for decoupled, boundary in self.blocks:
             slices = [x[..., i * w_sub:(i + 1) * w_sub] for i in self.mine]  # strided views, no copy
-            for sub_blocks in decoupled:  # no communication inside the block
+            for sub_blocks in decoupled[:-1]:  # no communication inside the block
                 slices = [layer_forward(xi, wi, mask, heads, eps) for xi, wi in zip(slices, sub_blocks)]
-            # contiguous(): with no decoupled layer in a block (N_b = L) a slice is still a view of x.
-            part = (slices[0] if len(slices) == 1 else torch.stack(slices)).contiguous()
-            comm.allgatherv(part.view(-1), counts, gathered.view(-1))
-            # Back into sub-block order: slice i of the hidden state is columns [i*w, (i+1)*w).
+            # The block's last decoupled layer: attention needs every token, what follows is per
+            # token, so its FFN runs span by span and each span goes on the wire when computed.
+            last = decoupled[-1]
+            attended = [attention_residual(xi, attention(*project_qkv(xi, wi.qkv_weight, wi.qkv_bias, heads), mask),
+                                           wi, eps) for xi, wi in zip(slices, last)]
+            handles = []
+            for a, n in pieces:
+                outs = [ffn_residual(ai[:, a:a + n], wi, eps) for ai, wi in zip(attended, last)]
+                part = outs[0] if len(outs) == 1 else torch.stack(outs)  # (n_r, B, n, w) sub-block-major
+                gathered = torch.empty((cfg.n_div, batch, n, w_sub))
+                counts = [len(mine) * batch * n * w_sub for mine in self.assignment]
+                handles.append((allgather(comm, wire, part, counts, gathered.view(-1), post=post), gathered))
+                progress(h for h, _ in handles)
+            # The boundary layer: its q|k|v projection is per token too, so with overlap each
+            # span is projected as soon as it has arrived.
             x = torch.empty((batch, seq, cfg.hidden))
-            by_slice = x.view(batch, seq, cfg.n_div, w_sub).permute(2, 0, 1, 3)
-            if self.order is None:
-                by_slice.copy_(gathered)
-            else:
-                by_slice.index_copy_(0, self.order, gathered)
+            projected = []
+            for (a, n), (handle, gathered) in zip(pieces, handles):
+                handle.wait()
+                self.place(gathered, x[:, a:a + n])
+                if post:
+                    projected.append(self.project(boundary, x[:, a:a + n]))
+            qkv = join(projected) if post else None
             if isinstance(boundary, TensorParallelLayer):
-                x = boundary(x, mask)
+                x = boundary(x, mask, pieces, qkv)
             else:
-                x = layer_forward(x, boundary, mask, heads, eps)
+                x = layer_forward(x, boundary, mask, heads, eps, qkv)
         return x
+
+    def place(self, gathered: torch.Tensor, x: torch.Tensor) -> None:
+        """Gathered slices (n_div, B, n, w), in rank order -> their columns of x (B, n, h):
+        slice i of the hidden state is columns [i*w, (i+1)*w)."""
+        by_slice = x.unflatten(-1, (self.cfg.n_div, self.cfg.sub_width)).permute(2, 0, 1, 3)
+        if self.order is None:
+            by_slice.copy_(gathered)
+        else:
+            by_slice.index_copy_(0, self.order, gathered)
+
+    @staticmethod
+    def project(boundary, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(boundary, TensorParallelLayer):
+            return boundary.project(x)
+        return F.linear(x, boundary.qkv_weight, boundary.qkv_bias)
 
     def held_bytes(self) -> int:
         held = nbytes(self.embeddings)
@@ -171,11 +217,14 @@ class BlockParallel(Strategy):
     @classmethod
     def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
         mine, tp = cls._opts(cfg, world, rank, options)
-        slice_bytes = batch * seq * cfg.sub_width * FP32
-        table = {"allgather": charge("allgather", mine * slice_bytes, cfg.n_div * slice_bytes, world,
-                                     calls=cfg.n_blocks)}
+        options = {**cls.options, **options}
+        wire, pieces = Wire.of(cls.name, options), spans(cls.name, seq, overlap_chunks(cls.name, options))
+        parts = [len(p) for p in cls.assign(cfg, world, options["assignment"])]
+        block = sum((allgather_traffic(wire, [k * batch * n * cfg.sub_width for k in parts], rank, world)
+                     for _, n in pieces), Traffic())
+        table = {"allgather": block * cfg.n_blocks}
         if tp:
-            table["allreduce"] = TensorParallelLayer.traffic(cfg, world, batch, seq) * cfg.n_blocks
+            table["allreduce"] = TensorParallelLayer.traffic(cfg, world, rank, batch, seq, wire, pieces) * cfg.n_blocks
         return table
 
     @classmethod
@@ -197,21 +246,27 @@ class BlockParallel(Strategy):
     @classmethod
     def steps(cls, cfg, world, batch, seq, **options):
         """Per block: the rank's sub-blocks of its decoupled layers (after the previous block's
-        replicated boundary layer, or the embeddings) -> allgather of the slices; a TP boundary
-        is then its own two steps (tp.TensorParallelLayer.steps)."""
+        replicated boundary layer, or the embeddings), the last one's FFN per token span ->
+        per span an allgather of the slices (one span without overlap); a TP boundary is then
+        its own steps (tp.TensorParallelLayer.steps)."""
         options = {**cls.options, **options}
         mine = [len(part) for part in cls.assign(cfg, world, options["assignment"])]
-        tp = options["boundary"] == "tp"
-        slice_bytes = batch * seq * cfg.sub_width * FP32
+        wire, pieces = Wire.of(cls.name, options), spans(cls.name, seq, overlap_chunks(cls.name, options))
+        tp, w = options["boundary"] == "tp", cfg.sub_width
         boundary = layer(cfg, batch, seq)  # replicated: every rank computes it whole
         head = [embedding(cfg, batch, seq)] * world
         out = []
         for _ in range(cfg.n_blocks):
-            work = [head[r] + layer(cfg, batch, seq, width=cfg.sub_width, count=(cfg.layers_per_block - 1) * n)
-                    for r, n in enumerate(mine)]
-            out.append(collective(work, "allgather", [n * slice_bytes for n in mine], cfg.n_div * slice_bytes))
+            for a, n in pieces:
+                work = [layer(cfg, batch, n, width=w, count=k, kernels=("ffn",)) for k in mine]
+                if a == 0:  # the block's layers up to the last one's attention, over every token
+                    work = [head[r] + layer(cfg, batch, seq, width=w, count=(cfg.layers_per_block - 2) * k)
+                            + layer(cfg, batch, seq, width=w, count=k, kernels=("qkv", "attention", "out")) + work[r]
+                            for r, k in enumerate(mine)]
+                parts = [wire.nbytes(k * batch * n * w) for k in mine]
+                out.append(collective(work, "allgather", parts, sum(parts)))
             if tp:
-                out += TensorParallelLayer.steps(cfg, world, batch, seq)
+                out += TensorParallelLayer.steps(cfg, world, batch, seq, wire, pieces)
                 head = [()] * world
             else:
                 head = [boundary] * world

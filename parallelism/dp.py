@@ -14,8 +14,9 @@ from rank 0):
   travels also when no types are given, as zeros, so the bytes do not depend
   on it): rank r receives rows[r] * 3 * s * 4 bytes (counted on rank 0:
   payload = bus = everything but its own rows);
-- one gatherv to rank 0 of the fp32 outputs (rows[r], s, h): a non-root rank
-  counts rows[r] * s * h * 4 bytes, rank 0 counts 0.
+- one gatherv to rank 0 of the outputs (rows[r], s, h) in the wire dtype (option
+  `wire_dtype`; parallelism/wire.py): a non-root rank counts wire_bytes(rows[r] * s * h)
+  (fp32: rows[r] * s * h * 4), rank 0 counts 0. The token ids stay int32 on every wire.
 The full (B, s, h) output lands on rank 0 only (`holds_output`).
 """
 
@@ -26,20 +27,18 @@ import torch
 from kernels import FP32, ReferenceModel, forward_flops, model_params
 
 from .base import Strategy
+from .options import even_split
 from .schedule import collective, embedding, model_layers
 from .traffic import charge
+from .wire_ops import WIRE_OPTIONS, Wire, gather
 
 INPUT_DTYPE = torch.int32  # token ids, mask and types travel as int32 (vocabularies are < 2**31)
 PACKED_ROWS = 3            # rows per sequence in the scattered input buffer: ids, mask, token types
 
 
-def even_split(n: int, parts: int) -> list[int]:
-    """n items over `parts` as evenly as possible, the first n % parts parts one larger."""
-    return [n // parts + (r < n % parts) for r in range(parts)]
-
-
 class DataParallel(Strategy):
     name = "dp"
+    options = {**WIRE_OPTIONS}
     root = 0
 
     def __init__(self, cfg, weights, comm, **options):
@@ -70,7 +69,7 @@ class DataParallel(Strategy):
         else:
             out_local = torch.empty((0, seq, self.cfg.hidden))
         full = torch.empty((batch, seq, self.cfg.hidden)) if rank == self.root else None
-        comm.gatherv(out_local, [r * seq * self.cfg.hidden for r in rows], full, self.root)
+        gather(comm, self.wire, out_local, [r * seq * self.cfg.hidden for r in rows], full, self.root)
         return full
 
     def holds_output(self) -> bool:
@@ -80,26 +79,27 @@ class DataParallel(Strategy):
         return self._bytes
 
     @classmethod
-    def _moved(cls, cfg, world, rank, batch, seq) -> tuple[int, int]:
+    def _moved(cls, cfg, world, rank, batch, seq, **options) -> tuple[int, int]:
         """(bytes `rank` hands out in the scatter, bytes it hands in to the gather)."""
-        rows = even_split(batch, world)
-        if rank == cls.root:  # hands out every row but its own, receives the others' outputs
+        rows, wire = even_split(batch, world), Wire.of(cls.name, {**cls.options, **options})
+        if rank == cls.root:  # hands out every row but its own (token ids: int32 on any wire)
             return (batch - rows[rank]) * PACKED_ROWS * seq * INPUT_DTYPE.itemsize, 0
-        return 0, rows[rank] * seq * cfg.hidden * FP32
+        return 0, wire.nbytes(rows[rank] * seq * cfg.hidden)
 
     @classmethod
     def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
-        handed_out, handed_in = cls._moved(cfg, world, rank, batch, seq)
+        handed_out, handed_in = cls._moved(cfg, world, rank, batch, seq, **options)
         return {"scatter": charge("scatter", handed_out), "gather": charge("gather", handed_in)}
 
     @classmethod
     def steps(cls, cfg, world, batch, seq, **options):
         """Scatter the rows, then every rank its rows through the whole model, then gather."""
-        moved = [cls._moved(cfg, world, r, batch, seq) for r in range(world)]
+        moved = [cls._moved(cfg, world, r, batch, seq, **options) for r in range(world)]
         rows = even_split(batch, world)
         work = [embedding(cfg, n, seq) + model_layers(cfg, n, seq) for n in rows]
+        gathered = sum(Wire.of(cls.name, {**cls.options, **options}).nbytes(n * seq * cfg.hidden) for n in rows)
         return [collective([()] * world, "scatter", [m[0] for m in moved], sum(m[0] for m in moved)),
-                collective(work, "gather", [m[1] for m in moved], batch * seq * cfg.hidden * FP32)]
+                collective(work, "gather", [m[1] for m in moved], gathered)]
 
     @classmethod
     def weights_bytes(cls, cfg, world, rank, **options):

@@ -11,11 +11,13 @@ What it communicates, per forward: the batch is cut into `micro_batches`
 micro-batches (option, default 1; rows as even as possible; clamped to B)
 that flow through the stages fill-drain: stage r posts all its receives up
 front, then for each micro-batch waits for its activation from stage r-1,
-runs its layers and isends the result (B_j, s, h) fp32 to stage r+1, so
+runs its layers and isends the result (B_j, s, h) to stage r+1, so
 that while stage r+1 works on micro-batch j, stage r already computes j+1.
-Per stage boundary and micro-batch: one send/recv of B_j*s*h*4 bytes, i.e.
-T = B*s*h*4 per boundary per forward summed over micro-batches. Every rank
-has the (identical) ids, padding mask and token types, so only activations move. The
+Per stage boundary and micro-batch: one send/recv of B_j*s*h values in the
+wire dtype (option `wire_dtype`; packed before the send, decoded after the
+receive: parallelism/wire.py), i.e. T = B*s*h values per boundary per forward
+summed over micro-batches. Every rank has the (identical) ids, padding mask and
+token types, so only activations move. The
 full (B, s, h) output lands on the last stage (`holds_output`). Refused:
 more stages than layers, micro_batches < 1.
 
@@ -32,23 +34,11 @@ from kernels import FP32, additive_mask, embed, embedding_params, layer_flops, l
 from kernels.layers import nbytes
 
 from .base import Strategy
+from .options import even_split, int_option
 from .errors import UsageError
-from .dp import even_split
 from .schedule import Step, embedding, model_layers
 from .traffic import Traffic, charge
-
-
-def int_option(who: str, name: str, value, minimum: int) -> int:
-    """An integer option (an int or its decimal string from a command line) >= minimum."""
-    try:
-        number = int(value)
-        if isinstance(value, bool) or (isinstance(value, float) and value != number):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise UsageError(f"{who}: option {name} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise UsageError(f"{who}: option {name} must be >= {minimum}, got {number}")
-    return number
+from .wire_ops import WIRE_OPTIONS, Wire, recv, send
 
 
 def balance_stages(costs: list[int], stages: int, first_extra: int = 0) -> list[range]:
@@ -83,7 +73,7 @@ def balance_stages(costs: list[int], stages: int, first_extra: int = 0) -> list[
 
 class PipelineParallel(Strategy):
     name = "pp"
-    options = {"micro_batches": 1, "stages": None}
+    options = {"micro_batches": 1, "stages": None, **WIRE_OPTIONS}
 
     def __init__(self, cfg, weights, comm, **options):
         super().__init__(cfg, weights, comm, **options)
@@ -151,7 +141,7 @@ class PipelineParallel(Strategy):
         buf = torch.empty((batch, seq, cfg.hidden))
         receives = []
         if not self.first:
-            receives = [comm.irecv(buf[a:a + n], comm.rank - 1, tag=j)
+            receives = [recv(comm, self.wire, buf[a:a + n], comm.rank - 1, tag=j)
                         for j, (a, n) in enumerate(zip(starts, rows))]
         sends = []
         for j, (a, n) in enumerate(zip(starts, rows)):
@@ -164,7 +154,7 @@ class PipelineParallel(Strategy):
             for w in self.layers:
                 x = layer_forward(x, w, m, cfg.heads, cfg.ln_eps)
             if not self.last:
-                sends.append(comm.isend(x, comm.rank + 1, tag=j))
+                sends.append(send(comm, self.wire, x, comm.rank + 1, tag=j))
             elif len(rows) == 1:
                 buf = x  # a single micro-batch: its output is the output, no copy
             else:
@@ -183,11 +173,12 @@ class PipelineParallel(Strategy):
     @classmethod
     def expected_traffic(cls, cfg, world, rank, batch, seq, micro_batches=1, **options):
         rows = cls.micro_rows(batch, micro_batches)
+        wire = Wire.of(cls.name, {**cls.options, **options})
         table = {}
         if rank > 0:
             table["recv"] = charge("recv", calls=len(rows))
         if rank < world - 1:
-            table["send"] = sum((charge("send", n * seq * cfg.hidden * FP32) for n in rows), Traffic())
+            table["send"] = sum((charge("send", wire.nbytes(n * seq * cfg.hidden)) for n in rows), Traffic())
         return table
 
     @classmethod
@@ -206,6 +197,7 @@ class PipelineParallel(Strategy):
         """Micro-batch j on stage r is step j*P + r: the stage's layers (and the embeddings on
         stage 0), then a non-blocking send to stage r+1, whose step j*P + r + 1 waits for it."""
         rows, ranges = cls.micro_rows(batch, micro_batches), cls.stage_layers(cfg, world, stages)
+        wire = Wire.of(cls.name, {**cls.options, **options})
         out = []
         for n in rows:
             for r, stage in enumerate(ranges):
@@ -213,7 +205,7 @@ class PipelineParallel(Strategy):
                 work[r] = (embedding(cfg, n, seq) if r == 0 else ()) + model_layers(cfg, n, seq, stage)
                 after = len(out) - 1 if r > 0 else None
                 if r < world - 1:
-                    parts = tuple(n * seq * cfg.hidden * FP32 if q == r else 0 for q in range(world))
+                    parts = tuple(wire.nbytes(n * seq * cfg.hidden) if q == r else 0 for q in range(world))
                     out.append(Step(tuple(work), "send", parts, parts[r], src=r, dst=r + 1, after=after))
                 else:
                     out.append(Step(tuple(work), after=after))

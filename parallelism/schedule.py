@@ -96,6 +96,7 @@ class Step:
     src: int | None = None
     dst: int | None = None
     after: int | None = None
+    rule: str | None = None  # the traffic rule when it is not op's own (a split allreduce)
 
     def traffic(self, world: int, rank: int) -> dict[str, Traffic]:
         if self.op is None:
@@ -104,14 +105,14 @@ class Step:
             if rank == self.src:
                 return {"send": charge("send", self.parts[rank])}
             return {"recv": charge("recv")} if rank == self.dst else {}
-        return {self.op: charge(self.op, self.parts[rank], self.whole, world)}
+        return {self.op: charge(self.rule or self.op, self.parts[rank], self.whole, world)}
 
     def flops(self, cfg: ModelConfig, rank: int) -> int:
         return sum(w.flops(cfg) for w in self.work[rank])
 
 
-def collective(work, op: str, parts, whole: int) -> Step:
-    return Step(tuple(tuple(w) for w in work), op, tuple(parts), whole)
+def collective(work, op: str, parts, whole: int, rule: str | None = None) -> Step:
+    return Step(tuple(tuple(w) for w in work), op, tuple(parts), whole, rule=rule)
 
 
 def same_everywhere(world: int, work) -> tuple[tuple[Work, ...], ...]:

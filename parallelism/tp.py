@@ -9,7 +9,7 @@ What each rank holds:
   replicated output biases and LayerNorms. Shards are cloned, so
   `weights_bytes()` is what the rank really holds (~1/P of the layers).
 
-What it communicates, per layer (2 allreduces of T = B*s*h*4 bytes):
+What it communicates, per layer (2 allreduces of T = B*s*h values, 4 bytes each in fp32):
 1. attention: each rank projects and attends its own heads, multiplies its
    context by its out-projection columns -> a (B, s, h) partial sum;
    allreduce; then the bias b_o (added once, after the sum), residual, LN1;
@@ -17,6 +17,11 @@ What it communicates, per layer (2 allreduces of T = B*s*h*4 bytes):
    (`kernels.ffn(..., out_bias=None)`); allreduce; bias b_2, residual, LN2.
 After each allreduce the hidden state is replicated, so every rank holds the
 full (B, s, h) output. Refused: heads % P != 0 or ffn % P != 0.
+
+Options: `wire_dtype` fp32|fp16|bf16|int8 and `wire_reduce` auto|mpi|split (how the
+allreduces travel: parallelism/wire_ops.py); `overlap` off|on with `chunks` C: the sequence
+is cut into C token spans and each allreduce becomes C allreduces of B*n_j*h values, each
+posted as soon as its span is computed (see `TensorParallelLayer.__call__`; refused: C > s).
 
 `TensorParallelLayer` is also used by block parallelism for its boundary
 layers (`boundary='tp'`).
@@ -30,13 +35,15 @@ import torch
 import torch.nn.functional as F
 
 from kernels import (FP32, LayerWeights, additive_mask, attention, embed, embedding_params, ffn, layer_gemms,
-                     layer_norm, layer_params, project_qkv)
+                     layer_norm, layer_params, split_qkv)
 from kernels.layers import nbytes
 
 from .base import Strategy
 from .errors import UsageError
+from .options import OVERLAP_OPTIONS, overlap_chunks, spans
 from .schedule import collective, embedding, layer, same_everywhere
-from .traffic import Traffic, charge
+from .traffic import Traffic
+from .wire_ops import REDUCE_OPTIONS, WIRE_OPTIONS, Wire, allreduce, allreduce_parts, allreduce_traffic, progress
 
 if TYPE_CHECKING:  # the communicator imports mpi4py; the formulas must not need it
     from .comm import Communicator
@@ -77,30 +84,60 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 
 
 class TensorParallelLayer:
-    """One original layer split Megatron-style over `comm`: 2 allreduces of (B, s, h)."""
+    """One original layer split Megatron-style over `comm`: 2 allreduces of (B, s, h), in the
+    wire dtype; with several token spans (overlap) 2 per span, each posted as soon as its
+    rows are computed."""
 
-    def __init__(self, w: LayerWeights, heads: int, eps: float, comm: Communicator):
+    def __init__(self, w: LayerWeights, heads: int, eps: float, comm: Communicator, wire: Wire = Wire()):
         self.w = shard_layer(w, heads, comm.rank, comm.size)
-        self.local_heads, self.eps, self.comm = heads // comm.size, eps, comm
+        self.local_heads, self.eps, self.comm, self.wire = heads // comm.size, eps, comm, wire
 
-    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        w, eps = self.w, self.eps
-        q, k, v = project_qkv(x, w.qkv_weight, w.qkv_bias, self.local_heads)
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's heads' fused q|k|v projection of x (per token: any rows of the sequence)."""
+        return F.linear(x, self.w.qkv_weight, self.w.qkv_bias)
+
+    def __call__(self, x: torch.Tensor, mask: torch.Tensor | None, spans=None, qkv: torch.Tensor | None = None,
+                 next_layer: "TensorParallelLayer | None" = None):
+        """x (B, s, h), replicated -> (B, s, h), replicated; with `next_layer`, returns
+        (output, next_layer's projection of it) instead.
+
+        Overlap (`spans`: (start, length) pieces of the sequence): everything after attention
+        is per token, so the out-projection, both allreduces, the LayerNorms, the FFN and the
+        next layer's projection run span by span, exactly as on the whole sequence: while
+        span j's sum is on the wire, span j+1 is computed. `qkv`: this layer's projection,
+        if already computed."""
+        w, eps, comm, wire = self.w, self.eps, self.comm, self.wire
+        spans = spans or [(0, x.shape[1])]
+        post = len(spans) > 1
+        context = attention(*split_qkv(self.project(x) if qkv is None else qkv, self.local_heads), mask)
         # Partial out-projection of this rank's heads (no bias: it is added once, after the sum).
-        partial = F.linear(attention(q, k, v, mask), w.out_weight)
-        self.comm.allreduce(partial)
-        a = layer_norm(partial.add_(w.out_bias).add_(x), w.ln1_weight, w.ln1_bias, eps)
-        partial = ffn(a, w.ffn_in_weight, w.ffn_in_bias, w.ffn_out_weight, None)
-        self.comm.allreduce(partial)
-        return layer_norm(partial.add_(w.ffn_out_bias).add_(a), w.ln2_weight, w.ln2_bias, eps)
+        sums = []
+        for a, n in spans:
+            sums.append(allreduce(comm, wire, F.linear(context[:, a:a + n], w.out_weight), post))
+            progress(sums)
+        attended, ffn_sums = [], []
+        for (a, n), summed in zip(spans, sums):
+            partial = summed.wait()
+            attended.append(layer_norm(partial.add_(w.out_bias).add_(x[:, a:a + n]), w.ln1_weight, w.ln1_bias, eps))
+            ffn_sums.append(allreduce(comm, wire, ffn(attended[-1], w.ffn_in_weight, w.ffn_in_bias,
+                                                      w.ffn_out_weight, None), post))
+            progress(ffn_sums)
+        outs, projected = [], []
+        for a_span, summed in zip(attended, ffn_sums):
+            outs.append(layer_norm(summed.wait().add_(w.ffn_out_bias).add_(a_span), w.ln2_weight, w.ln2_bias, eps))
+            if next_layer is not None:
+                projected.append(next_layer.project(outs[-1]))
+        if next_layer is None:
+            return join(outs)
+        return join(outs), join(projected)
 
     def nbytes(self) -> int:
         return nbytes(self.w)
 
     @staticmethod
-    def traffic(cfg, world: int, batch: int, seq: int) -> Traffic:
-        """Two allreduces of one fp32 activation T = B*s*h*4."""
-        return charge("allreduce", whole=batch * seq * cfg.hidden * FP32, world=world, calls=2)
+    def traffic(cfg, world: int, rank: int, batch: int, seq: int, wire: Wire, spans) -> Traffic:
+        """Per token span, two allreduces of its rows of one activation (B*n*h values)."""
+        return sum((allreduce_traffic(wire, batch * n * cfg.hidden, rank, world) * 2 for _, n in spans), Traffic())
 
     @staticmethod
     def params(cfg, world: int) -> int:
@@ -112,23 +149,33 @@ class TensorParallelLayer:
         return sum(layer_gemms(cfg, batch, seq, seq, cfg.hidden, cfg.heads // world, cfg.ffn // world).values())
 
     @staticmethod
-    def steps(cfg, world: int, batch: int, seq: int, before=()) -> list:
-        """Attention (after `before`, e.g. the embeddings) -> allreduce; FFN -> allreduce."""
-        whole = batch * seq * cfg.hidden * FP32
+    def steps(cfg, world: int, batch: int, seq: int, wire: Wire, spans, before=()) -> list:
+        """Attention (after `before`, e.g. the embeddings) -> per token span its output
+        projection -> allreduce; per span its FFN -> allreduce (one span without overlap)."""
         shard = dict(heads=cfg.heads // world, ffn=cfg.ffn // world)
-        attention = tuple(before) + layer(cfg, batch, seq, **shard, kernels=("qkv", "attention", "out"))
-        feed_forward = layer(cfg, batch, seq, **shard, kernels=("ffn",))
-        return [collective(same_everywhere(world, work), "allreduce", [whole] * world, whole)
-                for work in (attention, feed_forward)]
+        attention = tuple(before) + layer(cfg, batch, seq, **shard, kernels=("qkv", "attention"))
+        out = []
+        for kernel in ("out", "ffn"):
+            for a, n in spans:
+                work = (attention if (kernel, a) == ("out", 0) else ()) + layer(cfg, batch, n, **shard, kernels=(kernel,))
+                rule, parts, whole = allreduce_parts(wire, batch * n * cfg.hidden, world)
+                out.append(collective(same_everywhere(world, work), "allreduce", parts, whole, rule))
+        return out
+
+
+def join(pieces: list[torch.Tensor], dim: int = 1) -> torch.Tensor:
+    """Span outputs (B, n, ...) back into one (B, s, ...) tensor (no copy for a single span)."""
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=dim)
 
 
 class TensorParallel(Strategy):
     name = "tp"
+    options = {**WIRE_OPTIONS, **REDUCE_OPTIONS, **OVERLAP_OPTIONS}
 
     def __init__(self, cfg, weights, comm, **options):
         super().__init__(cfg, weights, comm, **options)
         self.embeddings = weights.embeddings  # replicated
-        self.layers = [TensorParallelLayer(w, cfg.heads, cfg.ln_eps, comm) for w in weights.layers]
+        self.layers = [TensorParallelLayer(w, cfg.heads, cfg.ln_eps, comm, self.wire) for w in weights.layers]
 
     @classmethod
     def check(cls, cfg, world_size, **options):
@@ -139,16 +186,25 @@ class TensorParallel(Strategy):
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         mask = additive_mask(attention_mask)
         x = embed(input_ids, self.embeddings, self.cfg.ln_eps, token_type_ids)
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x
+        if self.chunks == 1:
+            for tp_layer in self.layers:
+                x = tp_layer(x, mask)
+            return x
+        # Overlap: each layer also projects the next layer's q|k|v span by span.
+        pieces, qkv = spans(self.name, input_ids.shape[1], self.chunks), None
+        for i, tp_layer in enumerate(self.layers[:-1]):
+            x, qkv = tp_layer(x, mask, pieces, qkv, self.layers[i + 1])
+        return self.layers[-1](x, mask, pieces, qkv)
 
     def held_bytes(self) -> int:
         return nbytes(self.embeddings) + sum(layer.nbytes() for layer in self.layers)
 
     @classmethod
     def expected_traffic(cls, cfg, world, rank, batch, seq, **options):
-        return {"allreduce": TensorParallelLayer.traffic(cfg, world, batch, seq) * cfg.layers}
+        options = {**cls.options, **options}
+        pieces = spans(cls.name, seq, overlap_chunks(cls.name, options))
+        layer = TensorParallelLayer.traffic(cfg, world, rank, batch, seq, Wire.of(cls.name, options), pieces)
+        return {"allreduce": layer * cfg.layers}
 
     @classmethod
     def weights_bytes(cls, cfg, world, rank, **options):
@@ -156,9 +212,12 @@ class TensorParallel(Strategy):
 
     @classmethod
     def steps(cls, cfg, world, batch, seq, **options):
+        options = {**cls.options, **options}
+        wire, pieces = Wire.of(cls.name, options), spans(cls.name, seq, overlap_chunks(cls.name, options))
         out = []
         for i in range(cfg.layers):
-            out += TensorParallelLayer.steps(cfg, world, batch, seq, embedding(cfg, batch, seq) if i == 0 else ())
+            out += TensorParallelLayer.steps(cfg, world, batch, seq, wire, pieces,
+                                             embedding(cfg, batch, seq) if i == 0 else ())
         return out
 
     @classmethod

@@ -18,8 +18,15 @@ For one operation on one rank of P, in bytes:
 | allreduce        | whole   | 2(P-1)/P whole | 2(P-1)/P                  |
 | allgather        | part    | whole - part   | (P-1)/P with equal parts  |
 | reduce_scatter   | whole   | whole - part   | (P-1)/P with equal parts  |
+| alltoall         | whole   | whole - part   | (P-1)/P with equal parts  |
+| allreduce_split  | whole   | 2 (whole - part) | 2(P-1)/P with equal parts; 2 calls |
 | bcast, scatter, gather, send | part | part | 1                        |
 | recv, barrier    | 0       | 0              | (the sender counts)       |
+
+`allreduce_split` is an allreduce made of two MPI calls (parallelism/wire_ops.py: an
+alltoall of the compressed buffer, a local fp32 sum of the rank's share, an allgather of the
+compressed sums): `part` is the rank's share of the compressed buffer, `whole` the compressed
+buffer; it is one operation of 2 calls (`CALLS`), recorded under op `allreduce`.
 
 *payload* is what a rank puts into the operation; *bus* is the traffic per rank that sets
 the time on a link of a given rate (time >= bus x 8 / rate).
@@ -66,11 +73,17 @@ def _nothing(part: int, whole: int, world: int) -> tuple[int, int]:
     return 0, 0
 
 
+def _allreduce_split(part: int, whole: int, world: int) -> tuple[int, int]:
+    return whole, 2 * (whole - part)
+
+
 #: op -> (part, whole, P) -> (payload, bus). The only bus factors of the suite.
 RULES = {
     "allreduce": _allreduce,
+    "allreduce_split": _allreduce_split,
     "allgather": _gather_like,
     "reduce_scatter": _reduce_scatter,
+    "alltoall": _reduce_scatter,
     "bcast": _one_way,
     "scatter": _one_way,
     "gather": _one_way,
@@ -80,10 +93,14 @@ RULES = {
 }
 
 
+#: MPI calls per operation where an operation is more than one call.
+CALLS = {"allreduce_split": 2}
+
+
 def charge(op: str, part: int = 0, whole: int = 0, world: int = 1, calls: int = 1) -> Traffic:
     """The traffic of `calls` identical `op`s with this rank's `part` of a `whole` (see the table)."""
     payload, bus = RULES[op](part, whole, world)
-    return Traffic(calls, payload * calls, bus * calls)
+    return Traffic(calls * CALLS.get(op, 1), payload * calls, bus * calls)
 
 
 def bus_bytes(op: str, part: int, whole: int, world: int) -> int:

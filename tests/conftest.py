@@ -24,6 +24,16 @@ def minilm_path() -> Path | None:
     return folder if (folder / "model.safetensors").is_file() else None
 
 
+@pytest.fixture(scope="module")
+def comm():
+    """The world communicator of an MPI test (mpi4py loads only for tests that ask for it)."""
+    from parallelism import Communicator
+    world = Communicator()
+    if world.size > 1:
+        torch.set_num_threads(1)  # several ranks share 2 cores in CI
+    return world
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     folder = minilm_path()

@@ -68,6 +68,30 @@ def test_latency_all_strategies_p2(tmp_path):
     assert len(csv.read_text().splitlines()) == len(recs) + 1
 
 
+def test_latency_wire_dtypes_and_overlap_p2(tmp_path):
+    """One job, every configuration: labels tell them apart, bytes follow the wire dtype
+    (counted == analytic), and each record carries its error against the fp32 reference."""
+    out = tmp_path / "wire.jsonl"
+    r = run(["bench.latency", *TINY, "--strategies", "tp,bp", "--boundary", "replicate,tp",
+             "--wire-dtype", "fp32,int8", "--overlap", "off,on", "--chunks", "2", "--out", str(out)])
+    assert r.returncode == 0, r.stderr
+    recs = {x["label"]: x for x in read_records(out)}
+    assert set(recs) == {"tp", "tp(int8)", "tp(overlap2)", "tp(int8,overlap2)",
+                         "bp(replicate)", "bp(replicate,int8)", "bp(replicate,overlap2)", "bp(replicate,int8,overlap2)",
+                         "bp(tp)", "bp(tp,int8)", "bp(tp,overlap2)", "bp(tp,int8,overlap2)"}
+    for label, rec in recs.items():
+        assert rec["output_check"] == "ok"
+        assert rec["bus_bytes_per_rank"]["by_op"] == rec["expected_bus_bytes_per_rank"]["by_op"]
+        assert rec["messages_per_rank"]["by_op"] == rec["expected_messages_per_rank"]["by_op"]
+        assert rec["overlap_chunks"] == (2 if "overlap" in label else 1)
+        if rec["wire_dtype"] == "fp32":
+            assert rec["max_abs_err"] <= 1e-4
+        else:
+            assert rec["mean_cosine"] >= 0.999
+            fp32 = recs[label.replace("int8,", "").replace("(int8)", "").replace(",int8", "")]
+            assert rec["bus_bytes_per_rank"]["total"] <= 0.3 * fp32["bus_bytes_per_rank"]["total"]
+
+
 def test_latency_without_mpirun_runs_p1(tmp_path):
     out = tmp_path / "p1.jsonl"
     r = run(["bench.latency", *TINY, "--strategies", "tp,bp", "--out", str(out)], n=None)

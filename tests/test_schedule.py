@@ -31,6 +31,15 @@ CASES = [  # (strategy, cfg, P, batch, seq, options)
     ("bp", TINY_D, 3, 1, 8, {"assignment": "0,1/2/3"}),
     ("bp", BASE_D, 4, 1, 128, {"assignment": "0,1/2,3/4/5", "boundary": "tp"}),
     ("bp", BASE_D, 3, 4, 128, {}),
+    # wire dtypes and overlap: the same steps cut into token spans, bytes in the wire dtype
+    ("dp", TINY, 3, 4, 8, {"wire_dtype": "int8"}),
+    ("pp", BASE, 4, 4, 128, {"micro_batches": 2, "wire_dtype": "bf16"}),
+    ("tp", BASE, 4, 1, 128, {"wire_dtype": "int8", "overlap": "on", "chunks": 3}),
+    ("tp", TINY, 2, 2, 8, {"wire_dtype": "fp16", "wire_reduce": "mpi", "overlap": "on", "chunks": 2}),
+    ("sp", BASE, 3, 1, 130, {"wire_dtype": "fp16", "overlap": "on", "chunks": 4}),
+    ("bp", BASE_D, 4, 1, 128, {"assignment": "0,1/2,3/4/5", "boundary": "tp", "wire_dtype": "int8",
+                               "overlap": "on", "chunks": 4}),
+    ("bp", TINY_D, 2, 1, 8, {"wire_dtype": "bf16", "overlap": "on", "chunks": 3}),
 ]
 
 

@@ -15,19 +15,11 @@ import torch
 
 import kernels as K
 from conftest import padded_batch, tokenize
-from parallelism import STRATEGIES, Communicator, UsageError
+from parallelism import STRATEGIES, UsageError
 from parallelism.pp import balance_stages
 
 RTOL, ATOL = 1e-5, 1e-5
 SHAPES = [(3, 12), (1, 7), (5, 9)]  # (batch, seq): padded rows; batch < P; uneven splits everywhere
-
-
-@pytest.fixture(scope="module")
-def comm():
-    world = Communicator()
-    if world.size > 1:
-        torch.set_num_threads(1)  # several ranks share 2 cores in CI
-    return world
 
 
 def unequal_assignment(size: int) -> list[list[int]]:

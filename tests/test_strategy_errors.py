@@ -100,6 +100,12 @@ JOBS = {  # id -> (script arguments, the one-line error both ranks print)
                   "pp: stages (P=2) must be <= layers (1)"),
     "sp-tokens": (["--strategy", "sp", "--seq", "1"], "sp: ranks must be <= tokens (P=2, seq=1)"),
     "unknown-option": (["--strategy", "dp", "--opt", "foo=1"], "dp: unknown option(s) foo"),
+    "tp-int8-mpi-sum": (["--strategy", "tp", "--opt", "wire_dtype=int8", "wire_reduce=mpi"],
+                        "tp: wire_dtype int8 cannot travel through MPI's own allreduce (wire_reduce=mpi sums "
+                        "only fp32, fp16): use wire_reduce=split"),
+    # found at forward time (the sequence length), on every rank before any communication
+    "bp-chunks": (["--strategy", "bp", "--set", *DECOUPLED, "--seq", "8", "--opt", "overlap=on", "chunks=9"],
+                  "bp: chunks (9) must be <= the sequence length (8)"),
 }
 
 
