@@ -99,10 +99,10 @@ class Cpu:
     period (quota x period CPU seconds) is spent, then waits for the next period. `rate`:
     the share of a core it gets while it runs (1, or less on a host contended by others)."""
 
-    def __init__(self, quota: float | None, rate: float = 1.0, period: float = CFS_PERIOD_S):
+    def __init__(self, quota: float | None, rate: float = 1.0, period: float = CFS_PERIOD_S, phase: float = 0.0):
         self.budget = None if quota is None or quota >= 1.0 else quota * period
         self.rate = rate
-        self.period, self.period_end, self.used = period, period, 0.0
+        self.period, self.period_end, self.used = period, phase + period, 0.0
 
     def _roll(self, t: float) -> None:
         if t >= self.period_end:
@@ -200,7 +200,8 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
              forwards: int = 8) -> Timeline:
     """Run `forwards` forwards of `steps` (rank r on hosts[r], profile host host_ids[r])."""
     world = len(hosts)
-    cpus = [Cpu(h.quota, h.rate) for h in hosts]
+    # Each host's cgroup has its own period timer: spread their phases over the period.
+    cpus = [Cpu(h.quota, h.rate, phase=CFS_PERIOD_S * r / world) for r, h in enumerate(hosts)]
     seconds = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
     barrier = network.fit("allreduce", world).alpha if world > 1 else 0.0
     costs = [network.send(host_ids[s.src], host_ids[s.dst], s.parts[s.src]) if s.op == "send" else

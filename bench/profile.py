@@ -68,8 +68,9 @@ def make_parser():
                    help="timed calls per kernel and per collective size (default 3)")
     p.add_argument("--max-op-seconds", type=cli.finite_float(0.01, 10), default=0.25,
                    help="largest collective size: what the slowest link moves in this time (default 0.25)")
-    p.add_argument("--wait", choices=("spin", "sleep"), default=None,
-                   help="how ranks wait in MPI calls (default $DETR_COMM_WAIT, else spin)")
+    p.add_argument("--wait", choices=("auto", "spin", "sleep"), default="auto",
+                   help="how ranks wait in MPI calls, as in the drivers (default auto: $DETR_COMM_WAIT, else "
+                        "sleep when there are more ranks than CPUs, else spin)")
     p.add_argument("--out", type=cli.output_path, default=None,
                    help="profile JSON (default results/profile-<UTC time>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -281,7 +282,7 @@ def write_profile(profile: dict, out) -> Path:
 
 
 def main(argv=None) -> None:
-    from parallelism.comm import Communicator
+    from .session import make_comm
 
     args = make_parser().parse_args(argv)
     cfg = resolve_model(args.model).original
@@ -292,7 +293,7 @@ def main(argv=None) -> None:
     cpu_quota()  # a bad DETR_CPU_QUOTA is bad input, before any work
     out = args.out or f"results/profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     torch.set_num_threads(args.threads)
-    comm = Communicator(wait=args.wait)
+    comm = make_comm(args.wait)
     say = (lambda m: print(m, flush=True)) if comm.rank == 0 and not args.quiet else (lambda m: None)
     profile = run_profile(comm, cfg, args.shapes, args.reps, args.max_op_seconds, args.nb, args.ndiv, say)
     if comm.rank == 0:
