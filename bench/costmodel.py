@@ -62,6 +62,7 @@ class Host:
     runtime_bytes: int
     speed: float = 1.0           # projection: kernel rates x speed
     rate: float = 1.0            # share of a core while running (< 1: contended when profiled)
+    factors: tuple = (1.0, 1.0)  # whole forward / its kernels (profile calibration): original, sub-blocks
     _one: dict = field(default_factory=dict, repr=False)   # shape -> seconds of one call
 
     def seconds(self, work: Work, cfg) -> float:
@@ -77,7 +78,8 @@ class Host:
                     scale = work.batch * work.queries / (entry["batch"] * entry["queries"])
                 else:
                     scale = work.flops(cfg) / work.count / entry["flops"]
-            one = self._one[work.shape] = entry["seconds"] * scale / self.speed
+            factor = self.factors[0] if work.width == cfg.hidden else self.factors[1]
+            one = self._one[work.shape] = entry["seconds"] * scale * factor / self.speed
         return work.count * one
 
     def _nearest(self, work: Work) -> dict:

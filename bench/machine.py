@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from parallelism import UsageError
 
-from .costmodel import Fit, Host, Network
+from .costmodel import Cpu, Fit, Host, Network
 
 
 @dataclass
@@ -41,13 +41,47 @@ def profiled_rate_bit(profile: dict) -> float | None:
 
 
 def core_rate(host: dict, quota: float | None) -> float:
-    """The share of a core a host's rank got while it ran, from its profile: its kernels' CPU
-    seconds over their wall seconds (`cpu_share`) is min(quota, that share); a share well
-    below the quota means other load on the machine, which slowed every call alike."""
-    share = host.get("cpu_share")
+    """The share of a core a host's rank got while it ran, from its profile: CPU seconds over
+    wall seconds of its kernels (`cpu_share`) is min(quota, that share); a share well below
+    the quota means other load on the machine, which slowed every call alike."""
+    share = (host.get("calibration") or {}).get("cpu_per_wall") if quota is None else None
+    share = share or host.get("cpu_share")
     if not share or share >= 0.8 * min(quota or 1.0, 1.0):
         return 1.0
     return max(0.01, min(1.0, share))
+
+
+def forward_wall(cpu: float, quota: float, reps: int = 2) -> float:
+    """What `Cpu` predicts for `reps` back-to-back forwards of `cpu` seconds after one more."""
+    model = Cpu(quota)
+    start = model.run(0.0, cpu)
+    end = start
+    for _ in range(reps):
+        end = model.run(end, cpu)
+    return (end - start) / reps
+
+
+def effective_quota(host: dict) -> float | None:
+    """The quota under which the CFS model reproduces the host's measured whole forwards
+    (bench.profile_kernels.calibrate): a quota's real pace differs from its nominal value
+    (throttling granularity, the kernel's own accounting)."""
+    quota, forward = host.get("cpu_quota"), (host.get("calibration") or {}).get("original")
+    if quota is None or quota >= 1.0 or not forward:
+        return quota
+    low, high = 0.3 * quota, min(1.0, 2.0 * quota)
+    for _ in range(40):  # the modelled wall time falls as the quota grows
+        mid = (low + high) / 2
+        if forward_wall(forward["forward_cpu_s"], mid) > forward["forward_wall_s"]:
+            low = mid
+        else:
+            high = mid
+    return (low + high) / 2
+
+
+def factors(host: dict) -> tuple[float, float]:
+    cal = host.get("calibration") or {}
+    original = (cal.get("original") or {}).get("factor", 1.0)
+    return original, (cal.get("decoupled") or {}).get("factor", original)
 
 
 def _per_host(values, count: int, what: str) -> list:
@@ -73,13 +107,13 @@ def build(profile: dict, hosts: int | None = None, speeds: list[float] | None = 
     names = [h["host"] for h in profiled]
     for i in range(n):
         p = profiled[i % len(profiled)]
-        quota = p.get("cpu_quota") if quotas[i] is None else quotas[i]
+        quota = effective_quota(p) if quotas[i] is None else quotas[i]
         # Local ranks share one host name: tell them apart by rank; projected hosts by index.
         name = p["host"] if names.count(p["host"]) == 1 else f"{p['host']}#{i % len(profiled)}"
         out.append(Host(name=name if i < len(profiled) else f"{name}~{i}", quota=quota,
                         kernels=p["kernels"], memory_available=int(p["memory_available_bytes"]),
                         runtime_bytes=int(p["runtime_bytes"]), speed=speeds[i] or 1.0,
-                        rate=core_rate(p, p.get("cpu_quota"))))
+                        rate=core_rate(p, p.get("cpu_quota")), factors=factors(p)))
     contended = [h for h in out if h.rate < 1.0]
     if contended:
         notes.append("contended when profiled: " + ", ".join(f"{h.name} ran at {h.rate:.2f} of a core"

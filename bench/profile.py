@@ -34,7 +34,7 @@ from . import cli, records
 from .costmodel import cost_bytes
 from .models import resolve_model
 from .profiles import SCHEMA, model_of, validate
-from .profile_kernels import measure_kernels
+from .profile_kernels import calibrate, measure_kernels
 
 EPILOG = """The profile feeds python -m bench.plan --profile FILE and the drivers' --strategies auto
 --profile FILE. Target: under 60 s for 4 hosts at 100 Mbit/s with the default --shapes."""
@@ -252,11 +252,14 @@ def run_profile(comm, cfg, shapes, reps: int = 3, max_op_seconds: float = 0.25, 
         f"{','.join(f'{b}x{s}' for b, s in shapes)}, {len(works)} kernel shapes, {torch.get_num_threads()} thread(s)")
     kernels, share = measure_kernels(cfg, works, reps)
     say(f"kernels measured in {perf_counter() - start:.1f}s")
+    calibration = calibrate(cfg, kernels, *shapes[0])
+    say(f"whole forwards against their kernels in {perf_counter() - start:.1f}s: x"
+        + ", x".join(f"{calibration[k]['factor']:.2f} {k}" for k in ("original", "decoupled") if k in calibration))
     iface = network.wire_iface()
     host = {"host": processor_name(), "cpus": os.cpu_count() or 1, "cpu_quota": quota,
             "cpu_model": records.cpu_model(), "memory_available_bytes": memory_available(),
             "runtime_bytes": runtime, "cpu_share": share, "network": network.describe_network(iface),
-            "kernels": kernels}
+            "calibration": calibration, "kernels": kernels}
     hosts = [{"rank": r, **h} for r, h in enumerate(comm.allgather_object(host))]
     links, collectives = [], []
     if comm.size > 1:

@@ -76,3 +76,44 @@ def measure_kernels(cfg, works: dict, reps: int) -> tuple[dict, float]:
         if one.flops(cfg):
             out[key]["gflops"] = one.flops(cfg) / out[key]["seconds"] / 1e9
     return out, (cpu_total / wall_total if wall_total else 1.0)
+
+
+@torch.inference_mode()
+def calibrate(cfg, kernels: dict, batch: int, seq: int, reps: int = 2) -> dict:
+    """Whole serial forwards against the sum of their kernels' times, per model kind.
+
+    A kernel timed alone, again and again, finds its weights in cache; in a forward twelve
+    layers' weights stream through it, and the glue between kernels (masks, slicing,
+    concatenation) costs too. `factor` = CPU seconds of a forward / the sum of its kernels'
+    profiled seconds: the cost model scales kernels by it (original layers by the original
+    model's, sub-blocks by the decoupled one's). `cpu_per_wall` over those forwards is what
+    the CPU quota left of a core (the quota's CFS periods included)."""
+    from kernels import ReferenceModel, init_weights
+    from parallelism import Serial
+    from .models import default_blocks
+    from .profiles import kernel_key
+    out, cpu_all, wall_all = {}, 0.0, 0.0
+    ids = torch.randint(1, cfg.vocab, (batch, seq))
+    decoupled = cfg.replace(n_blocks=default_blocks(cfg.layers), n_div=4) if cfg.hidden % 4 == 0 else None
+    for kind, model_cfg in (("original", cfg), ("decoupled", decoupled)):
+        if model_cfg is None or (kind == "decoupled" and not model_cfg.is_decoupled):
+            continue
+        [step] = Serial.steps(model_cfg, 1, batch, seq)
+        expected = 0.0
+        for work in step.work[0]:
+            key = kernel_key(*work.shape)
+            if key not in kernels:  # not among the candidates' shapes: time it now
+                kernels.update(measure_kernels(cfg, {key: work}, 3)[0])
+            expected += work.count * kernels[key]["seconds"]
+        model = ReferenceModel(model_cfg, init_weights(model_cfg, 0))
+        model.forward(ids)
+        c0, t0 = process_time(), perf_counter()
+        for _ in range(reps):
+            model.forward(ids)
+        cpu, wall = (process_time() - c0) / reps, (perf_counter() - t0) / reps
+        cpu_all, wall_all = cpu_all + cpu, wall_all + wall
+        out[kind] = {"n_blocks": model_cfg.n_blocks, "n_div": model_cfg.n_div, "batch": batch, "seq": seq,
+                     "forward_cpu_s": cpu, "forward_wall_s": wall, "kernels_s": expected, "factor": cpu / expected}
+        del model
+    out["cpu_per_wall"] = cpu_all / wall_all
+    return out
