@@ -75,9 +75,8 @@ def choose(session, opts, model: Model, profile: dict, objective: str, batch: in
         mach = M.build(profile)
         names = [h.name for h in mach.hosts]
         fixed = (opts.nb, opts.ndiv) if opts.nb else (None, None)
-        ranked, refused = planner.plan(model.original, mach, batch, seq, objective=objective, nb=fixed[0],
-                                       ndiv=fixed[1], decoupled_ok=model.decoupled_error if model.checkpoint
-                                       else None)
+        ranked, refused = planner.plan(model.original, mach, batch, seq, objective=objective,
+                                       **planner.limits(model, *fixed))
         if not ranked:
             reasons = "; ".join(f"{r.label}: {r.reason}" for r in refused[:3])
             raise UsageError(f"--strategies auto: no placement fits ({reasons})")
@@ -98,7 +97,7 @@ def enter(session, opts, model: Model, objective: str, batch: int, seq: int, mak
         session.say(line)
     session.say(f"--strategies auto: running {choice.fields['plan']['label']}, predicted "
                 f"{choice.fields['predicted_latency_s'] * 1e3:.1f} ms")
-    if p.n_blocks is not None:
+    if p.n_blocks is not None and model.checkpoint is None:
         model = resolve_model(opts.model, p.n_blocks, p.n_div, opts.seed)
     label = f"auto:{p.strategy}" + (f"({p.opts['boundary']})" if "boundary" in p.opts else "")
     options = {k: v for k, v in p.opts.items() if v is not None}

@@ -93,12 +93,6 @@ def make_parser():
     return p
 
 
-def model_config(spec: str):
-    """(original config, None if bp may run on it else why not)."""
-    model = resolve_model(spec)
-    return model.original, (model.decoupled_error if model.checkpoint is not None else None)
-
-
 def select_hosts(profile: dict, spec: str | None, path) -> dict:
     """The profile restricted to the chosen hosts (renumbered, links and fits that still apply)."""
     if spec is None:
@@ -148,9 +142,9 @@ def ranking_rows(ranked, names, top: int) -> list[list]:
 HEADERS = ["#", "placement", "latency", "req/s", "compute", "quota waits", "comm", "memory/host", "bus/rank"]
 
 
-def run_plan(cfg, mach, args, budgets, decoupled_ok):
+def run_plan(cfg, mach, args, budgets, model):
     return planner.plan(cfg, mach, args.batch, args.seq, budgets, args.objective, strategies=args.strategies,
-                        nb=args.nb, ndiv=args.ndiv, decoupled_ok=decoupled_ok)
+                        **planner.limits(model, args.nb, args.ndiv))
 
 
 def main(argv=None) -> int:
@@ -162,7 +156,8 @@ def main(argv=None) -> int:
         rows = [[k, f"{a:.4g}", f"{b:.4g}", "-" if r is None else f"{r:.3f}"] for k, a, b, r in profiles.compare(profile, other)]
         print(tabulate(rows, headers=["term", args.profile, args.diff, "ratio"], tablefmt="github"))
         return 0
-    cfg, decoupled_ok = model_config(args.model or profile["model"]["name"])
+    model = resolve_model(args.model or profile["model"]["name"])
+    cfg = model.original
     profiles.check_model(profile, cfg, args.profile)
     if args.nb or args.ndiv:
         if not (args.nb and args.ndiv):
@@ -184,7 +179,7 @@ def main(argv=None) -> int:
     for count in host_counts:
         for rate in rates:
             mach = M.build(profile, count, args.speeds, args.cpu_quotas, rate)
-            ranked, refused = run_plan(cfg, mach, args, budgets_of(args.memory_budget, count), decoupled_ok)
+            ranked, refused = run_plan(cfg, mach, args, budgets_of(args.memory_budget, count), model)
             results.append((count, rate, mach, ranked, refused))
     if len(results) == 1:
         print_one(cfg, args, *results[0])

@@ -288,7 +288,10 @@ def main(argv=None) -> None:
     from .session import make_comm
 
     args = make_parser().parse_args(argv)
-    cfg = resolve_model(args.model).original
+    model = resolve_model(args.model)
+    cfg = model.original
+    if model.checkpoint is not None and model.decoupled is not None:  # a trained decoupled model: its shape
+        args.nb, args.ndiv = model.decoupled.n_blocks, model.decoupled.n_div
     args.shapes = args.shapes or [(1, min(128, cfg.max_positions))]
     for batch, seq in args.shapes:
         if seq > cfg.max_positions:
