@@ -38,6 +38,7 @@ class Options:
     boundary: list[str] = field(default_factory=lambda: ["replicate"])
     assignment: list[list[int]] | None = None
     micro_batches: int | None = None
+    stages: str | None = None
     profile: str | None = None
     warmup: int = 2
     iters: int = 10
@@ -129,6 +130,8 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
                        help="bp sub-blocks per rank, ranks separated by '/', e.g. '0,1/2/3' (default: even)")
         s.add_argument("--micro-batches", type=bounded_int(1, 65536, "a micro-batch count"), default=None,
                        help="pp micro-batches per forward (default: the strategy's)")
+        s.add_argument("--stages", default=None,
+                       help="pp layers per rank, e.g. 4,3,3,2 (unequal devices; default: balanced by FLOPs)")
     if timing:
         t = p.add_argument_group("timing")
         t.add_argument("--warmup", type=bounded_int(0, MAX_ITERS, "a warm-up count"), default=d.warmup,
@@ -176,7 +179,8 @@ def parse(p: ArgumentParser, argv=None, cls: type[Options] = Options) -> Options
     if opts.strategies and "auto" in opts.strategies:
         if len(opts.strategies) > 1:
             raise UsageError("--strategies auto runs the planner's pick alone: do not list other strategies")
-        if opts.assignment is not None or opts.micro_batches is not None or (opts.nb is None and opts.ndiv != 4):
+        if opts.assignment is not None or opts.micro_batches is not None or opts.stages is not None or (
+                opts.nb is None and opts.ndiv != 4):
             raise UsageError("--strategies auto chooses assignment, stages and micro-batches itself "
                              "(give --nb and --ndiv together to fix the decoupled model)")
     elif opts.strategies:

@@ -35,7 +35,8 @@ class Plan:
 def strategy_options(cls, opts: Options, extra: dict | None = None) -> list[dict]:
     """The option sets to run `cls` with (one per --boundary value for bp)."""
     accepted = cls.options
-    given = {"assignment": opts.assignment, "micro_batches": opts.micro_batches, **(extra or {})}
+    given = {"assignment": opts.assignment, "micro_batches": opts.micro_batches, "stages": opts.stages,
+             **(extra or {})}
     base = {key: value for key, value in given.items() if key in accepted and value is not None}
     if "boundary" in accepted:
         return [{**base, "boundary": b} for b in (opts.boundary or ["replicate"])]
