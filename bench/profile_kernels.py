@@ -89,7 +89,7 @@ def calibrate(cfg, kernels: dict, batch: int, seq: int, reps: int = 2) -> dict:
     model's, sub-blocks by the decoupled one's). `cpu_per_wall` over those forwards is what
     the CPU quota left of a core (the quota's CFS periods included)."""
     from kernels import ReferenceModel, init_weights
-    from parallelism import Serial
+    from parallelism.serial import Serial
     from .models import default_blocks
     from .profiles import kernel_key
     out, cpu_all, wall_all = {}, 0.0, 0.0
