@@ -61,7 +61,6 @@ class Host:
     memory_available: int
     runtime_bytes: int
     speed: float = 1.0           # projection: kernel rates x speed
-    rate: float = 1.0            # share of a core while running (< 1: contended when profiled)
     factors: tuple = (1.0, 1.0)  # whole forward / its kernels (profile calibration): original, sub-blocks
     _one: dict = field(default_factory=dict, repr=False)   # shape -> seconds of one call
 
@@ -97,13 +96,11 @@ class Host:
 
 
 class Cpu:
-    """One host's CPU under a CFS quota: it runs until its budget for the current 100 ms
-    period (quota x period CPU seconds) is spent, then waits for the next period. `rate`:
-    the share of a core it gets while it runs (1, or less on a host contended by others)."""
+    """One host's CPU under a CFS quota: it runs at full speed until its budget for the
+    current 100 ms period (quota x period CPU seconds) is spent, then waits for the next."""
 
-    def __init__(self, quota: float | None, rate: float = 1.0, period: float = CFS_PERIOD_S, phase: float = 0.0):
+    def __init__(self, quota: float | None, period: float = CFS_PERIOD_S, phase: float = 0.0):
         self.budget = None if quota is None or quota >= 1.0 else quota * period
-        self.rate = rate
         self.period, self.period_end, self.used = period, phase + period, 0.0
 
     def _roll(self, t: float) -> None:
@@ -114,7 +111,7 @@ class Cpu:
     def run(self, start: float, seconds: float) -> float:
         """Run `seconds` of full-speed work from `start`; returns when it is done."""
         if self.budget is None:
-            return start + seconds / self.rate
+            return start + seconds
         t = start
         while seconds > 1e-12:
             self._roll(t)
@@ -122,9 +119,17 @@ class Cpu:
             if room <= 1e-12:
                 t = self.period_end
                 continue
-            dt = min(seconds / self.rate, room / self.rate, self.period_end - t)   # wall seconds
-            t, self.used, seconds = t + dt, self.used + dt * self.rate, seconds - dt * self.rate
+            dt = min(seconds, room, self.period_end - t)
+            t, self.used, seconds = t + dt, self.used + dt, seconds - dt
         return t
+
+    def runnable(self, t: float, need: float = 1e-3) -> float:
+        """When, from t, the host can run again for `need` seconds: a throttled rank cannot
+        progress its share of a collective or a send (MPI moves data inside its calls)."""
+        if self.budget is None:
+            return t
+        self._roll(t)
+        return t if self.budget - self.used >= need else self.period_end
 
     def spend(self, start: float, end: float, fraction: float) -> None:
         """Charge `fraction` of a core between start and end (waiting in MPI, TCP work)."""
@@ -203,7 +208,7 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
     """Run `forwards` forwards of `steps` (rank r on hosts[r], profile host host_ids[r])."""
     world = len(hosts)
     # Each host's cgroup has its own period timer: spread their phases over the period.
-    cpus = [Cpu(h.quota, h.rate, phase=CFS_PERIOD_S * r / world) for r, h in enumerate(hosts)]
+    cpus = [Cpu(h.quota, phase=CFS_PERIOD_S * r / world) for r, h in enumerate(hosts)]
     seconds = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
     barrier = network.fit("allreduce", world).alpha if world > 1 else 0.0
     costs = [network.send(host_ids[s.src], host_ids[s.dst], s.parts[s.src]) if s.op == "send" else
@@ -228,21 +233,23 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
             clock = finish
             if step.op == "send":
                 src, dst = step.src, step.dst
-                start = max(clock[src], link_free.get((src, dst), now))
+                ready = cpus[src].runnable(clock[src])
+                start = max(ready, link_free.get((src, dst), now))
                 cost, frac = costs[i]
                 c, th, cm = path[src]
-                arrival[i] = (start + cost, (c, th, cm + start + cost - clock[src]))
+                arrival[i] = (start + cost, (c, th + ready - clock[src], cm + start + cost - ready))
                 link_free[(src, dst)] = start + cost
                 sends_end[src] = max(sends_end[src], start + cost)
                 cpus[src].spend(start, start + cost, frac)
             elif step.op is not None:
-                slowest = max(range(world), key=lambda r: clock[r])
+                ready = [cpus[r].runnable(clock[r]) for r in range(world)]
+                slowest = max(range(world), key=lambda r: ready[r])
                 cost, frac = costs[i]
-                end = clock[slowest] + cost
+                end = ready[slowest] + cost
                 for r in range(world):
                     cpus[r].spend(clock[r], end, frac)
                 c, th, cm = path[slowest]
-                clock, path = [end] * world, [(c, th, cm + cost)] * world
+                clock, path = [end] * world, [(c, th + ready[slowest] - clock[slowest], cm + cost)] * world
         for r in range(world):                       # isends complete before the forward returns
             if sends_end[r] > clock[r]:
                 c, th, cm = path[r]

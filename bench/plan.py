@@ -200,6 +200,8 @@ def print_one(cfg, args, count, rate, mach, ranked, refused) -> None:
           f"objective {args.objective}, profile {args.profile}")
     if mach.is_projection:
         print("PROJECTION (not measured): " + "; ".join(mach.projection))
+    for warning in mach.warnings:
+        print(f"warning: {warning}")
     print(f"{len(ranked)} placement(s) predicted, {len(refused)} refused\n")
     print(tabulate(ranking_rows(ranked, names, args.top), headers=HEADERS, tablefmt="github", disable_numparse=True))
     print()

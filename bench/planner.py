@@ -177,9 +177,12 @@ def host_counts(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if k <= 8 or k & (k - 1) == 0 or k == n]
 
 
-def host_order(machine: Machine) -> list[int]:
-    """Fastest first (sustained pace); ties keep profile order."""
-    return sorted(range(len(machine.hosts)), key=lambda h: -machine.hosts[h].pace)
+def fastest(machine: Machine, k: int) -> tuple[int, ...]:
+    """The k fastest hosts (sustained pace; ties: profile order), listed in profile (= world
+    rank) order, so that a placement's stages and assignment read in rank order, as the
+    drivers' --stages and --assignment take them."""
+    order = sorted(range(len(machine.hosts)), key=lambda h: -machine.hosts[h].pace)
+    return tuple(sorted(order[:k]))
 
 
 def limits(model, nb: int | None = None, ndiv: int | None = None) -> dict:
@@ -197,7 +200,6 @@ def candidates(cfg, machine: Machine, batch: int, seq: int, strategies=None, nb=
                decoupled_ok: str | None = None, original_ok: str | None = None):
     """Placements to predict. `decoupled_ok` / `original_ok`: None if bp / the original model's
     strategies may run, else why not (a checkpoint holds one kind of weights)."""
-    order = host_order(machine)
     names = strategies or ["serial", "dp", "pp", "tp", "sp", "bp"]
     n = len(machine.hosts)
     if original_ok is not None:
@@ -209,7 +211,7 @@ def candidates(cfg, machine: Machine, batch: int, seq: int, strategies=None, nb=
         names = [x for x in names if x != "bp"]
     nbs, ndivs = decoupled_shapes(cfg, n, nb, ndiv)
     for k in host_counts(n):
-        hosts = tuple(order[:k])
+        hosts = fastest(machine, k)
         paces = [machine.hosts[h].pace for h in hosts]
         if k == 1 and "serial" in names:
             yield Placement("serial", hosts)
