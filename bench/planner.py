@@ -264,10 +264,10 @@ def plan(cfg, machine: Machine, batch: int, seq: int, budgets: list[int] | None 
                                                       f"budget {budgets[h] / 2**20:.0f} MiB"))
             continue
         ranked.append(Ranked(cand, pred))
-    if objective == "throughput":
-        ranked.sort(key=lambda r: (-r.prediction.throughput_rps, len(r.placement.hosts)))
-    else:
-        ranked.sort(key=lambda r: (r.prediction.latency_s, len(r.placement.hosts)))
+    # Ties (within 0.1%: quota periods quantize latencies) go to the least memory on the fullest host.
+    metric = (lambda p: -p.throughput_rps) if objective == "throughput" else (lambda p: p.latency_s)
+    ranked.sort(key=lambda r: (float(f"{metric(r.prediction):.3g}"), max(r.prediction.memory_by_host.values()),
+                               len(r.placement.hosts)))
     return ranked, refused
 
 
