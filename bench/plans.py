@@ -60,6 +60,9 @@ def select(opts: Options, model: Model, world_size: int, say=print, extra_option
     skipped with a printed reason. Explicit --strategies: any misfit is an error
     (raised identically on every rank, before any communication) unless
     `strict=False` (a device-count sweep skips the counts a strategy cannot use)."""
+    if opts.auto:  # bench.auto handles it in the drivers that run the planner's pick
+        raise UsageError("--strategies auto: only bench.latency, bench.throughput and bench.sweep run the "
+                         "planner's pick")
     explicit = opts.explicit_strategies
     strict = explicit if strict is None else strict
     names = list(opts.strategies) if explicit else list(defaults)
