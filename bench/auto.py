@@ -120,26 +120,23 @@ def leave(world_session) -> None:
     world_session.comm.idle_barrier()
 
 
-def predictor(session, opts, model: Model, hosts: list[int] | None = None):
-    """For --profile without auto: a function record -> the prediction of the record's own
-    placement (its strategy, options and decoupled shape on the first world_size hosts)."""
-    profile = obtain_profile(session, opts, model, [])
-    mach = M.build(profile)
-    names = [h.name for h in mach.hosts]
+def predict_record(record: dict, original, mach: M.Machine, hosts=None) -> dict:
+    """The predicted_* fields of a record's own placement (its strategy, options and
+    decoupled shape; on `hosts`, default the first world_size ones). Pure."""
+    world = record.get("devices") or record["world_size"]
+    decoupled = STRATEGIES[record["strategy"]].decoupled
+    options = {k: v for k, v in (record.get("options") or {}).items() if v is not None}
+    if "assignment" in options and not isinstance(options["assignment"], str):
+        options["assignment"] = "/".join(",".join(map(str, part)) for part in options["assignment"])
+    placement = planner.Placement(record["strategy"], tuple(hosts or range(world))[:world],
+                                  tuple(sorted(options.items())), record["n_blocks"] if decoupled else None,
+                                  record["n_div"] if decoupled else None)
+    pred = costmodel.predict(record["strategy"], placement.config(original), options, placement.hosts,
+                             mach.hosts, mach.network, record["batch"], record["seq"])
+    return fields_of(placement, pred, [h.name for h in mach.hosts], mach)
 
-    def predict(record: dict) -> dict:
-        world = record.get("devices") or record["world_size"]
-        cls = STRATEGIES[record["strategy"]]
-        decoupled = cls.decoupled
-        placement = planner.Placement(record["strategy"], tuple((hosts or range(world))[:world]),
-                                      tuple(sorted(record.get("options", {}).items())),
-                                      record["n_blocks"] if decoupled else None,
-                                      record["n_div"] if decoupled else None)
-        cfg = placement.config(model.original)
-        options = {k: v for k, v in placement.opts.items() if v is not None}
-        if "assignment" in options and not isinstance(options["assignment"], str):
-            options["assignment"] = "/".join(",".join(map(str, part)) for part in options["assignment"])
-        pred = costmodel.predict(record["strategy"], cfg, options, placement.hosts, mach.hosts, mach.network,
-                                 record["batch"], record["seq"])
-        return fields_of(placement, pred, names, mach)
-    return predict
+
+def predictor(session, opts, model: Model):
+    """For --profile without auto: a function record -> the prediction of its own placement."""
+    mach = M.build(obtain_profile(session, opts, model, []))
+    return lambda record: predict_record(record, model.original, mach)

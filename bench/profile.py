@@ -162,18 +162,28 @@ def measure_links(comm, max_s: float) -> list[dict]:
 
 # -- collectives --------------------------------------------------------------------------------
 def fit(points: list[tuple[int, float]]) -> tuple[float, float, float]:
-    """alpha, beta minimizing the relative error of alpha + beta x bytes; RMS relative residual."""
-    rows = [(1 / t, x / t) for x, t in points]
-    saa = sum(a * a for a, _ in rows)
-    sab = sum(a * b for a, b in rows)
-    sbb = sum(b * b for _, b in rows)
-    sa, sb = sum(a for a, _ in rows), sum(b for _, b in rows)
-    det = saa * sbb - sab * sab
-    alpha, beta = ((sbb * sa - sab * sb) / det, (saa * sb - sab * sa) / det) if det > 0 else (0.0, 0.0)
-    if alpha < 0 or beta <= 0:  # through the origin, or a flat line
-        alpha, beta = (0.0, sb / sbb) if alpha < 0 and sbb > 0 else (statistics.median(t for _, t in points), 1e-15)
-    residual = (sum(((alpha + beta * x - t) / t) ** 2 for x, t in points) / len(points)) ** 0.5
+    """alpha, beta of alpha + beta x bytes by least squares (alpha >= 0, beta > 0), and the fit's
+    RMS relative residual. Unweighted: the larger messages, which the strategies move and whose
+    time is mostly beta, decide; tiny ones (which a shaper's burst or an eager protocol sends
+    faster than the line) are left out by the caller."""
+    n = len(points)
+    mx, mt = sum(x for x, _ in points) / n, sum(t for _, t in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    beta = sum((x - mx) * (t - mt) for x, t in points) / sxx if sxx > 0 else 0.0
+    alpha = mt - beta * mx
+    if alpha < 0:  # through the origin
+        alpha, beta = 0.0, sum(x * t for x, t in points) / max(sum(x * x for x, _ in points), 1)
+    if beta <= 0:  # a flat line: time does not grow with size here
+        alpha, beta = statistics.median(t for _, t in points), 1e-15
+    residual = (sum(((alpha + beta * x - t) / t) ** 2 for x, t in points) / n) ** 0.5
     return alpha, max(beta, 1e-15), residual
+
+
+def fitted_points(sizes: list[int], points: list, model_sizes) -> list:
+    """The points a fit uses: sizes from 64 KiB (or the model's smallest message, if smaller)."""
+    floor = min([64 << 10] + [s for s in model_sizes if s])
+    kept = [p for size, p in zip(sizes, points) if size >= floor]
+    return kept if len(kept) >= 2 else points[-2:]
 
 
 def run_op(sub, op: str, whole: int, reps: int) -> tuple[int, float, float]:
@@ -222,14 +232,16 @@ def measure_collectives(comm, links, model_sizes, reps: int, max_s: float, say) 
         if sub is not None:
             for op in ("allreduce", "allgather", "gather") + (("send",) if world == 2 else ()):
                 points, fractions = [], []
-                for size in op_sizes(op, world, bandwidth, max_s, model_sizes.get((op, world), ())):
+                relevant = model_sizes.get((op, world), ())
+                sizes = op_sizes(op, world, bandwidth, max_s, relevant)
+                for size in sizes:
                     x, t, f = run_op(sub, op, size, reps)
                     points.append((x, t))
                     fractions.append(f)
-                alpha, beta, residual = fit(points)
+                alpha, beta, residual = fit(fitted_points(sizes, points, relevant))
                 out.append({"op": op, "world": world, "alpha_s": alpha, "beta_s_per_byte": beta,
                             "residual": residual, "cpu_fraction": statistics.mean(fractions),
-                            "points": [[x, t] for x, t in points]})
+                            "sizes": sizes, "points": [[x, t] for x, t in points]})
                 say(f"  {op:9s} P={world}: alpha {alpha * 1e3:.2f} ms, {1 / beta / 1e6:.1f} MB/s "
                     f"(residual {residual:.1%}, {len(points)} sizes)")
             sub.free()
