@@ -257,3 +257,12 @@ def test_a_checkpoint_fixes_what_may_run():
     ranked, refused = planner.plan(TINY, mach, 1, 8, **planner.limits(original))
     assert ranked and not any(r.placement.strategy == "bp" for r in ranked)
     assert any(r.label == "bp" and "decoupled weights" in r.reason for r in refused)
+
+
+def test_driver_args_of_the_best_placement_on_all_hosts(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(hand_profile(TINY, hosts=2)))
+    assert run_tool(["--profile", str(path), "--seq", "8", "--strategies", "bp", "--nb", "2", "--ndiv", "4",
+                     "--speeds", "1,0.25", "--driver-args"]) == 0
+    assert capsys.readouterr().out.split() == ["--strategies", "bp", "--nb", "2", "--ndiv", "4", "--boundary",
+                                               "replicate", "--assignment", "0,1,2/3"]
