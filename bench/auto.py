@@ -75,9 +75,8 @@ def choose(session, opts, model: Model, profile: dict, objective: str, batch: in
         mach = M.build(profile)
         names = [h.name for h in mach.hosts]
         fixed = (opts.nb, opts.ndiv) if opts.nb else (None, None)
-        ranked, refused = planner.plan(model.original, mach, batch, seq, objective=objective, nb=fixed[0],
-                                       ndiv=fixed[1], decoupled_ok=model.decoupled_error if model.checkpoint
-                                       else None)
+        ranked, refused = planner.plan(model.original, mach, batch, seq, objective=objective,
+                                       **planner.limits(model, *fixed))
         if not ranked:
             reasons = "; ".join(f"{r.label}: {r.reason}" for r in refused[:3])
             raise UsageError(f"--strategies auto: no placement fits ({reasons})")
@@ -98,7 +97,7 @@ def enter(session, opts, model: Model, objective: str, batch: int, seq: int, mak
         session.say(line)
     session.say(f"--strategies auto: running {choice.fields['plan']['label']}, predicted "
                 f"{choice.fields['predicted_latency_s'] * 1e3:.1f} ms")
-    if p.n_blocks is not None:
+    if p.n_blocks is not None and model.checkpoint is None:
         model = resolve_model(opts.model, p.n_blocks, p.n_div, opts.seed)
     label = f"auto:{p.strategy}" + (f"({p.opts['boundary']})" if "boundary" in p.opts else "")
     options = {k: v for k, v in p.opts.items() if v is not None}
@@ -121,26 +120,23 @@ def leave(world_session) -> None:
     world_session.comm.idle_barrier()
 
 
-def predictor(session, opts, model: Model, hosts: list[int] | None = None):
-    """For --profile without auto: a function record -> the prediction of the record's own
-    placement (its strategy, options and decoupled shape on the first world_size hosts)."""
-    profile = obtain_profile(session, opts, model, [])
-    mach = M.build(profile)
-    names = [h.name for h in mach.hosts]
+def predict_record(record: dict, original, mach: M.Machine, hosts=None) -> dict:
+    """The predicted_* fields of a record's own placement (its strategy, options and
+    decoupled shape; on `hosts`, default the first world_size ones). Pure."""
+    world = record.get("devices") or record["world_size"]
+    decoupled = STRATEGIES[record["strategy"]].decoupled
+    options = {k: v for k, v in (record.get("options") or {}).items() if v is not None}
+    if "assignment" in options and not isinstance(options["assignment"], str):
+        options["assignment"] = "/".join(",".join(map(str, part)) for part in options["assignment"])
+    placement = planner.Placement(record["strategy"], tuple(hosts or range(world))[:world],
+                                  tuple(sorted(options.items())), record["n_blocks"] if decoupled else None,
+                                  record["n_div"] if decoupled else None)
+    pred = costmodel.predict(record["strategy"], placement.config(original), options, placement.hosts,
+                             mach.hosts, mach.network, record["batch"], record["seq"])
+    return fields_of(placement, pred, [h.name for h in mach.hosts], mach)
 
-    def predict(record: dict) -> dict:
-        world = record.get("devices") or record["world_size"]
-        cls = STRATEGIES[record["strategy"]]
-        decoupled = cls.decoupled
-        placement = planner.Placement(record["strategy"], tuple((hosts or range(world))[:world]),
-                                      tuple(sorted(record.get("options", {}).items())),
-                                      record["n_blocks"] if decoupled else None,
-                                      record["n_div"] if decoupled else None)
-        cfg = placement.config(model.original)
-        options = {k: v for k, v in placement.opts.items() if v is not None}
-        if "assignment" in options and not isinstance(options["assignment"], str):
-            options["assignment"] = "/".join(",".join(map(str, part)) for part in options["assignment"])
-        pred = costmodel.predict(record["strategy"], cfg, options, placement.hosts, mach.hosts, mach.network,
-                                 record["batch"], record["seq"])
-        return fields_of(placement, pred, names, mach)
-    return predict
+
+def predictor(session, opts, model: Model):
+    """For --profile without auto: a function record -> the prediction of its own placement."""
+    mach = M.build(obtain_profile(session, opts, model, []))
+    return lambda record: predict_record(record, model.original, mach)

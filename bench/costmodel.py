@@ -61,7 +61,7 @@ class Host:
     memory_available: int
     runtime_bytes: int
     speed: float = 1.0           # projection: kernel rates x speed
-    rate: float = 1.0            # share of a core while running (< 1: contended when profiled)
+    factors: tuple = (1.0, 1.0)  # whole forward / its kernels (profile calibration): original, sub-blocks
     _one: dict = field(default_factory=dict, repr=False)   # shape -> seconds of one call
 
     def seconds(self, work: Work, cfg) -> float:
@@ -77,7 +77,8 @@ class Host:
                     scale = work.batch * work.queries / (entry["batch"] * entry["queries"])
                 else:
                     scale = work.flops(cfg) / work.count / entry["flops"]
-            one = self._one[work.shape] = entry["seconds"] * scale / self.speed
+            factor = self.factors[0] if work.width == cfg.hidden else self.factors[1]
+            one = self._one[work.shape] = entry["seconds"] * scale * factor / self.speed
         return work.count * one
 
     def _nearest(self, work: Work) -> dict:
@@ -95,14 +96,12 @@ class Host:
 
 
 class Cpu:
-    """One host's CPU under a CFS quota: it runs until its budget for the current 100 ms
-    period (quota x period CPU seconds) is spent, then waits for the next period. `rate`:
-    the share of a core it gets while it runs (1, or less on a host contended by others)."""
+    """One host's CPU under a CFS quota: it runs at full speed until its budget for the
+    current 100 ms period (quota x period CPU seconds) is spent, then waits for the next."""
 
-    def __init__(self, quota: float | None, rate: float = 1.0, period: float = CFS_PERIOD_S):
+    def __init__(self, quota: float | None, period: float = CFS_PERIOD_S, phase: float = 0.0):
         self.budget = None if quota is None or quota >= 1.0 else quota * period
-        self.rate = rate
-        self.period, self.period_end, self.used = period, period, 0.0
+        self.period, self.period_end, self.used = period, phase + period, 0.0
 
     def _roll(self, t: float) -> None:
         if t >= self.period_end:
@@ -112,7 +111,7 @@ class Cpu:
     def run(self, start: float, seconds: float) -> float:
         """Run `seconds` of full-speed work from `start`; returns when it is done."""
         if self.budget is None:
-            return start + seconds / self.rate
+            return start + seconds
         t = start
         while seconds > 1e-12:
             self._roll(t)
@@ -120,9 +119,17 @@ class Cpu:
             if room <= 1e-12:
                 t = self.period_end
                 continue
-            dt = min(seconds / self.rate, room / self.rate, self.period_end - t)   # wall seconds
-            t, self.used, seconds = t + dt, self.used + dt * self.rate, seconds - dt * self.rate
+            dt = min(seconds, room, self.period_end - t)
+            t, self.used, seconds = t + dt, self.used + dt, seconds - dt
         return t
+
+    def runnable(self, t: float, need: float = 1e-3) -> float:
+        """When, from t, the host can run again for `need` seconds: a throttled rank cannot
+        progress its share of a collective or a send (MPI moves data inside its calls)."""
+        if self.budget is None:
+            return t
+        self._roll(t)
+        return t if self.budget - self.used >= need else self.period_end
 
     def spend(self, start: float, end: float, fraction: float) -> None:
         """Charge `fraction` of a core between start and end (waiting in MPI, TCP work)."""
@@ -197,62 +204,77 @@ class Timeline:
 
 
 def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...], network: Network,
-             forwards: int = 8) -> Timeline:
-    """Run `forwards` forwards of `steps` (rank r on hosts[r], profile host host_ids[r])."""
+             shifts: int = 3, forwards: int = 3) -> Timeline:
+    """Forwards of `steps` (rank r on hosts[r], profile host host_ids[r]), the mean.
+
+    Where a forward starts in its hosts' quota periods changes its latency by up to a
+    period; a measured run samples that phase as it drifts. So: for `shifts` positions of
+    the hosts' period grids (each host's own cgroup timer: spread over the period), one
+    forward to settle, then `forwards` timed after one another (each after a barrier)."""
     world = len(hosts)
-    cpus = [Cpu(h.quota, h.rate) for h in hosts]
     seconds = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
     barrier = network.fit("allreduce", world).alpha if world > 1 else 0.0
     costs = [network.send(host_ids[s.src], host_ids[s.dst], s.parts[s.src]) if s.op == "send" else
              network.collective(s, world) if s.op is not None else None for s in steps]
-    now, results = 0.0, []
-    for _ in range(forwards):
-        clock = [now] * world
-        path = [(0.0, 0.0, 0.0)] * world            # (compute, throttled, comm) behind each clock
-        arrival, link_free, sends_end = {}, {}, [now] * world
-        for i, step in enumerate(steps):
-            if step.after is not None:               # the receiver waits for its message
-                dst = steps[step.after].dst
-                t, via = arrival[step.after]
-                if t > clock[dst]:
-                    clock[dst], path[dst] = t, via
-            finish = []
-            for r in range(world):
-                end = cpus[r].run(clock[r], seconds[i][r])
-                c, th, cm = path[r]
-                path[r] = (c + seconds[i][r], th + max(0.0, end - clock[r] - seconds[i][r]), cm)
-                finish.append(end)
-            clock = finish
-            if step.op == "send":
-                src, dst = step.src, step.dst
-                start = max(clock[src], link_free.get((src, dst), now))
-                cost, frac = costs[i]
-                c, th, cm = path[src]
-                arrival[i] = (start + cost, (c, th, cm + start + cost - clock[src]))
-                link_free[(src, dst)] = start + cost
-                sends_end[src] = max(sends_end[src], start + cost)
-                cpus[src].spend(start, start + cost, frac)
-            elif step.op is not None:
-                slowest = max(range(world), key=lambda r: clock[r])
-                cost, frac = costs[i]
-                end = clock[slowest] + cost
-                for r in range(world):
-                    cpus[r].spend(clock[r], end, frac)
-                c, th, cm = path[slowest]
-                clock, path = [end] * world, [(c, th, cm + cost)] * world
-        for r in range(world):                       # isends complete before the forward returns
-            if sends_end[r] > clock[r]:
-                c, th, cm = path[r]
-                path[r] = (c, th, cm + sends_end[r] - clock[r])
-                clock[r] = sends_end[r]
-        last = max(range(world), key=lambda r: clock[r])
-        results.append(Timeline(clock[last] - now, *path[last]))
-        now = clock[last] + barrier
-    # The mean over forwards after the first: where each starts in its hosts' quota periods
-    # drifts from forward to forward, as it does in a measured run.
-    kept = results[1:] or results
-    return Timeline(*(sum(getattr(t, f) for t in kept) / len(kept)
+    if all(h.quota is None or h.quota >= 1.0 for h in hosts):
+        shifts, forwards = 1, 0   # no quota: every forward is the same
+    results = []
+    for shift in range(shifts):
+        cpus = [Cpu(h.quota, phase=CFS_PERIOD_S * ((r / world + shift / shifts) % 1.0)) for r, h in enumerate(hosts)]
+        now = 0.0
+        for j in range(forwards + 1):
+            timeline, end = _forward(steps, seconds, costs, cpus, now, world)
+            if j or not forwards:
+                results.append(timeline)
+            now = end + barrier
+    return Timeline(*(sum(getattr(t, f) for t in results) / len(results)
                       for f in ("latency_s", "compute_s", "throttled_s", "comm_s")))
+
+
+def _forward(steps, seconds, costs, cpus, now: float, world: int) -> tuple[Timeline, float]:
+    """One forward from `now` (every rank starts after a barrier): its timeline and end."""
+    clock = [now] * world
+    path = [(0.0, 0.0, 0.0)] * world            # (compute, throttled, comm) behind each clock
+    arrival, link_free, sends_end = {}, {}, [now] * world
+    for i, step in enumerate(steps):
+        if step.after is not None:               # the receiver waits for its message
+            dst = steps[step.after].dst
+            t, via = arrival[step.after]
+            if t > clock[dst]:
+                clock[dst], path[dst] = t, via
+        finish = []
+        for r in range(world):
+            end = cpus[r].run(clock[r], seconds[i][r])
+            c, th, cm = path[r]
+            path[r] = (c + seconds[i][r], th + max(0.0, end - clock[r] - seconds[i][r]), cm)
+            finish.append(end)
+        clock = finish
+        if step.op == "send":
+            src, dst = step.src, step.dst
+            ready = cpus[src].runnable(clock[src])
+            start = max(ready, link_free.get((src, dst), now))
+            cost, frac = costs[i]
+            c, th, cm = path[src]
+            arrival[i] = (start + cost, (c, th + ready - clock[src], cm + start + cost - ready))
+            link_free[(src, dst)] = start + cost
+            sends_end[src] = max(sends_end[src], start + cost)
+            cpus[src].spend(start, start + cost, frac)
+        elif step.op is not None:
+            ready = [cpus[r].runnable(clock[r]) for r in range(world)]
+            slowest = max(range(world), key=lambda r: ready[r])
+            cost, frac = costs[i]
+            end = ready[slowest] + cost
+            for r in range(world):
+                cpus[r].spend(clock[r], end, frac)
+            c, th, cm = path[slowest]
+            clock, path = [end] * world, [(c, th + ready[slowest] - clock[slowest], cm + cost)] * world
+    for r in range(world):                       # isends complete before the forward returns
+        if sends_end[r] > clock[r]:
+            c, th, cm = path[r]
+            path[r] = (c, th, cm + sends_end[r] - clock[r])
+            clock[r] = sends_end[r]
+    last = max(range(world), key=lambda r: clock[r])
+    return Timeline(clock[last] - now, *path[last]), clock[last]
 
 
 # -- memory -----------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ class Machine:
     network: Network
     profiled_hosts: int
     projection: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def is_projection(self) -> bool:
@@ -40,14 +41,21 @@ def profiled_rate_bit(profile: dict) -> float | None:
     return 8.0 * min(link["bandwidth_Bps"] for link in links) if links else None
 
 
-def core_rate(host: dict, quota: float | None) -> float:
-    """The share of a core a host's rank got while it ran, from its profile: its kernels' CPU
-    seconds over their wall seconds (`cpu_share`) is min(quota, that share); a share well
-    below the quota means other load on the machine, which slowed every call alike."""
-    share = host.get("cpu_share")
-    if not share or share >= 0.8 * min(quota or 1.0, 1.0):
-        return 1.0
-    return max(0.01, min(1.0, share))
+def contention(host: dict) -> float | None:
+    """The share of a core a host's rank got over its profiled kernels and forwards, when it
+    is well below its quota (other load on the machine while profiling), else None. Not
+    applied: a contended profile still has the right CPU seconds, but its wall times say
+    more about the other jobs than about the host (on a quiet machine the hosts get their
+    quota, which is what the cost model assumes)."""
+    share = (host.get("calibration") or {}).get("cpu_per_wall") or host.get("cpu_share")
+    quota = min(host.get("cpu_quota") or 1.0, 1.0)
+    return share if share and share < 0.8 * quota else None
+
+
+def factors(host: dict) -> tuple[float, float]:
+    cal = host.get("calibration") or {}
+    original = (cal.get("original") or {}).get("factor", 1.0)
+    return original, (cal.get("decoupled") or {}).get("factor", original)
 
 
 def _per_host(values, count: int, what: str) -> list:
@@ -78,12 +86,10 @@ def build(profile: dict, hosts: int | None = None, speeds: list[float] | None = 
         name = p["host"] if names.count(p["host"]) == 1 else f"{p['host']}#{i % len(profiled)}"
         out.append(Host(name=name if i < len(profiled) else f"{name}~{i}", quota=quota,
                         kernels=p["kernels"], memory_available=int(p["memory_available_bytes"]),
-                        runtime_bytes=int(p["runtime_bytes"]), speed=speeds[i] or 1.0,
-                        rate=core_rate(p, p.get("cpu_quota"))))
-    contended = [h for h in out if h.rate < 1.0]
-    if contended:
-        notes.append("contended when profiled: " + ", ".join(f"{h.name} ran at {h.rate:.2f} of a core"
-                                                             for h in contended))
+                        runtime_bytes=int(p["runtime_bytes"]), speed=speeds[i] or 1.0, factors=factors(p)))
+    shares = {h["host"]: contention(h) for h in profiled if contention(h)}
+    warnings = [f"the machine was busy while profiling ({', '.join(f'{k} got {v:.2f} of a core' for k, v in shares.items())}"
+                f", load {profile.get('loadavg_1m')}): predictions assume each host gets its quota"] if shares else []
     if any(s is not None for s in speeds):
         notes.append("device speeds x " + ",".join(f"{s or 1:g}" for s in speeds))
     if any(q is not None for q in quotas):
@@ -108,4 +114,4 @@ def build(profile: dict, hosts: int | None = None, speeds: list[float] | None = 
         notes.append(f"link rate {rate_bit / 1e6:g} Mbit/s (profiled at {base / 1e6:g} Mbit/s)")
     if n > 1 and not fits:
         raise UsageError(f"the profile has no collective fits: it was made on 1 host, cannot plan for {n}")
-    return Machine(out, Network(fits, links, scale), len(profiled), notes)
+    return Machine(out, Network(fits, links, scale), len(profiled), notes, warnings)

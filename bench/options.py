@@ -40,6 +40,7 @@ class Options:
     boundary: list[str] = field(default_factory=lambda: ["replicate"])
     assignment: list[list[int]] | None = None
     micro_batches: int | None = None
+    stages: str | None = None
     profile: str | None = None
     wire_dtype: list[str] = field(default_factory=lambda: ["fp32"])
     wire_reduce: str = "auto"
@@ -135,6 +136,8 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
                        help="bp sub-blocks per rank, ranks separated by '/', e.g. '0,1/2/3' (default: even)")
         s.add_argument("--micro-batches", type=bounded_int(1, 65536, "a micro-batch count"), default=None,
                        help="pp micro-batches per forward (default: the strategy's)")
+        s.add_argument("--stages", default=None,
+                       help="pp layers per rank, e.g. 4,3,3,2 (unequal devices; default: balanced by FLOPs)")
         s.add_argument("--wire-dtype", type=name_list, default=["fp32"],
                        help=f"how activations travel: {', '.join(WIRE_DTYPES)}, or several, e.g. 'fp32,int8' "
                             "(int8: one fp32 scale per 64 values; default fp32)")
@@ -199,7 +202,8 @@ def parse(p: ArgumentParser, argv=None, cls: type[Options] = Options) -> Options
     if opts.strategies and "auto" in opts.strategies:
         if len(opts.strategies) > 1:
             raise UsageError("--strategies auto runs the planner's pick alone: do not list other strategies")
-        if opts.assignment is not None or opts.micro_batches is not None or (opts.nb is None and opts.ndiv != 4):
+        if opts.assignment is not None or opts.micro_batches is not None or opts.stages is not None or (
+                opts.nb is None and opts.ndiv != 4):
             raise UsageError("--strategies auto chooses assignment, stages and micro-batches itself "
                              "(give --nb and --ndiv together to fix the decoupled model)")
     elif opts.strategies:

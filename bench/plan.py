@@ -88,15 +88,12 @@ def make_parser():
                    help="CPU quotas in cores, one for all or one per host")
     g.add_argument("--rates", type=rate_list, default=None, help="link rates, e.g. 10mbit,100mbit,1gbit")
     p.add_argument("--top", type=cli.positive_int, default=12, help="rows of the ranking (default 12)")
+    p.add_argument("--driver-args", action="store_true",
+                   help="print only the driver arguments of the best placement on all the hosts "
+                        "(e.g. --strategies bp --nb 4 --ndiv 8 --boundary replicate --assignment 0/1/2,3/4,5,6,7)")
     p.add_argument("--diff", default=None, help="another profile of the same cluster: print every term's change")
     p.add_argument("--out", type=cli.output_path, default=None, help="write the ranking as JSON here")
     return p
-
-
-def model_config(spec: str):
-    """(original config, None if bp may run on it else why not)."""
-    model = resolve_model(spec)
-    return model.original, (model.decoupled_error if model.checkpoint is not None else None)
 
 
 def select_hosts(profile: dict, spec: str | None, path) -> dict:
@@ -148,9 +145,9 @@ def ranking_rows(ranked, names, top: int) -> list[list]:
 HEADERS = ["#", "placement", "latency", "req/s", "compute", "quota waits", "comm", "memory/host", "bus/rank"]
 
 
-def run_plan(cfg, mach, args, budgets, decoupled_ok):
+def run_plan(cfg, mach, args, budgets, model):
     return planner.plan(cfg, mach, args.batch, args.seq, budgets, args.objective, strategies=args.strategies,
-                        nb=args.nb, ndiv=args.ndiv, decoupled_ok=decoupled_ok)
+                        **planner.limits(model, args.nb, args.ndiv))
 
 
 def main(argv=None) -> int:
@@ -162,7 +159,8 @@ def main(argv=None) -> int:
         rows = [[k, f"{a:.4g}", f"{b:.4g}", "-" if r is None else f"{r:.3f}"] for k, a, b, r in profiles.compare(profile, other)]
         print(tabulate(rows, headers=["term", args.profile, args.diff, "ratio"], tablefmt="github"))
         return 0
-    cfg, decoupled_ok = model_config(args.model or profile["model"]["name"])
+    model = resolve_model(args.model or profile["model"]["name"])
+    cfg = model.original
     profiles.check_model(profile, cfg, args.profile)
     if args.nb or args.ndiv:
         if not (args.nb and args.ndiv):
@@ -184,8 +182,10 @@ def main(argv=None) -> int:
     for count in host_counts:
         for rate in rates:
             mach = M.build(profile, count, args.speeds, args.cpu_quotas, rate)
-            ranked, refused = run_plan(cfg, mach, args, budgets_of(args.memory_budget, count), decoupled_ok)
+            ranked, refused = run_plan(cfg, mach, args, budgets_of(args.memory_budget, count), model)
             results.append((count, rate, mach, ranked, refused))
+    if args.driver_args:
+        return print_driver_args(results[0][3], len(profile["hosts"]))
     if len(results) == 1:
         print_one(cfg, args, *results[0])
     else:
@@ -205,6 +205,8 @@ def print_one(cfg, args, count, rate, mach, ranked, refused) -> None:
           f"objective {args.objective}, profile {args.profile}")
     if mach.is_projection:
         print("PROJECTION (not measured): " + "; ".join(mach.projection))
+    for warning in mach.warnings:
+        print(f"warning: {warning}")
     print(f"{len(ranked)} placement(s) predicted, {len(refused)} refused\n")
     print(tabulate(ranking_rows(ranked, names, args.top), headers=HEADERS, tablefmt="github", disable_numparse=True))
     print()
@@ -216,6 +218,22 @@ def print_one(cfg, args, count, rate, mach, ranked, refused) -> None:
             print(f"  {r.label}: {r.reason}")
         if len(refused) > 40:
             print(f"  ... and {len(refused) - 40} more")
+
+
+def print_driver_args(ranked, hosts: int) -> int:
+    """The best placement that uses every host, as bench.latency / bench.throughput arguments."""
+    best = next((r.placement for r in ranked if len(r.placement.hosts) == hosts), None)
+    if best is None:
+        raise UsageError(f"no placement on all {hosts} hosts fits")
+    o = best.opts
+    out = ["--strategies", best.strategy]
+    if best.n_blocks is not None:
+        out += ["--nb", str(best.n_blocks), "--ndiv", str(best.n_div), "--boundary", o["boundary"]]
+    for key, flag in (("assignment", "--assignment"), ("stages", "--stages"), ("micro_batches", "--micro-batches")):
+        if o.get(key) and (key != "micro_batches" or o[key] > 1):
+            out += [flag, str(o[key])]
+    print(" ".join(out))
+    return 0
 
 
 def print_sweep(cfg, args, results) -> None:

@@ -152,9 +152,9 @@ def kernel_shapes(cfg, hosts: int, shapes, nb=None, ndiv=None) -> tuple[dict, di
         plans = [("serial", cfg, {})] if k == 1 else [(n, cfg, {}) for n in ("dp", "tp", "sp")]
         if k > 1:
             plans += [("pp", cfg, {"micro_batches": m}) for m in sorted({1, batch})]
-            plans += [("bp", cfg.replace(n_blocks=nbs[0], n_div=nd), {"boundary": b, "assignment": (
-                None if nd % k == 0 else contiguous(proportional(nd, [1.0] * k)))})
-                for nd in ndivs if nd >= k for b in ("replicate", "tp")]
+        plans += [("bp", cfg.replace(n_blocks=nbs[0], n_div=nd), {"boundary": b, "assignment": (
+            None if nd % k == 0 else contiguous(proportional(nd, [1.0] * k)))})
+            for nd in ndivs if nd >= k for b in ("replicate", "tp")]
         for name, model, opts in plans:
             cls = STRATEGIES[name]
             try:
@@ -177,41 +177,56 @@ def host_counts(n: int) -> list[int]:
     return [k for k in range(1, n + 1) if k <= 8 or k & (k - 1) == 0 or k == n]
 
 
-def host_order(machine: Machine) -> list[int]:
-    """Fastest first (sustained pace); ties keep profile order."""
-    return sorted(range(len(machine.hosts)), key=lambda h: -machine.hosts[h].pace)
+def fastest(machine: Machine, k: int) -> tuple[int, ...]:
+    """The k fastest hosts (sustained pace; ties: profile order), listed in profile (= world
+    rank) order, so that a placement's stages and assignment read in rank order, as the
+    drivers' --stages and --assignment take them."""
+    order = sorted(range(len(machine.hosts)), key=lambda h: -machine.hosts[h].pace)
+    return tuple(sorted(order[:k]))
+
+
+def limits(model, nb: int | None = None, ndiv: int | None = None) -> dict:
+    """What a run's model (bench.models.Model) leaves the planner: a checkpoint of original
+    weights rules bp out, a decoupled one rules the original strategies out and fixes
+    (N_b, N_div); seeded weights leave (N_b, N_div) free unless given."""
+    if model.checkpoint is not None and model.decoupled is not None:
+        nb, ndiv = model.decoupled.n_blocks, model.decoupled.n_div
+    return {"nb": nb, "ndiv": ndiv, "original_ok": model.original_error,
+            "decoupled_ok": model.decoupled_error if model.checkpoint is not None and model.decoupled is None
+            else None}
 
 
 def candidates(cfg, machine: Machine, batch: int, seq: int, strategies=None, nb=None, ndiv=None,
-               decoupled_ok: str | None = None):
-    """Placements to predict. `decoupled_ok`: None if bp may run, else why not (e.g. a checkpoint
-    of original weights)."""
-    order = host_order(machine)
+               decoupled_ok: str | None = None, original_ok: str | None = None):
+    """Placements to predict. `decoupled_ok` / `original_ok`: None if bp / the original model's
+    strategies may run, else why not (a checkpoint holds one kind of weights)."""
     names = strategies or ["serial", "dp", "pp", "tp", "sp", "bp"]
     n = len(machine.hosts)
+    if original_ok is not None:
+        for name in (x for x in names if x != "bp"):
+            yield Refusal(name, original_ok)
+        names = ["bp"] if "bp" in names else []
+    if decoupled_ok is not None and "bp" in names:
+        yield Refusal("bp", decoupled_ok)
+        names = [x for x in names if x != "bp"]
+    nbs, ndivs = decoupled_shapes(cfg, n, nb, ndiv)
     for k in host_counts(n):
-        hosts = tuple(order[:k])
+        hosts = fastest(machine, k)
         paces = [machine.hosts[h].pace for h in hosts]
-        if k == 1:
-            if "serial" in names:
-                yield Placement("serial", hosts)
-            continue
+        if k == 1 and "serial" in names:
+            yield Placement("serial", hosts)
         for name in ("dp", "tp", "sp"):
-            if name in names:
+            if name in names and k > 1:
                 yield Placement(name, hosts)
-        if "pp" in names and k <= cfg.layers:
+        if "pp" in names and 1 < k <= cfg.layers:
             micro = sorted({1, batch})
             for m in micro:
                 yield Placement("pp", hosts, (("micro_batches", m),))
                 for counts in splits(cfg.layers, paces):
                     yield Placement("pp", hosts, (("micro_batches", m), ("stages", ",".join(map(str, counts)))))
-        if "bp" in names:
-            if decoupled_ok is not None:
-                yield Refusal(f"bp on {k} hosts", decoupled_ok)
-                continue
-            nbs, ndivs = decoupled_shapes(cfg, n, nb, ndiv)
+        if "bp" in names and (k > 1 or "serial" not in names):  # one host: serial, unless only bp may run
             for nb_, nd in ((a, b) for a in nbs for b in ndivs):
-                for boundary in ("replicate", "tp"):
+                for boundary in ("replicate", "tp") if k > 1 else ("replicate",):
                     for counts in splits(nd, paces):
                         even = len(set(counts)) == 1
                         opts = (("assignment", None if even else contiguous(counts)), ("boundary", boundary))
@@ -249,10 +264,10 @@ def plan(cfg, machine: Machine, batch: int, seq: int, budgets: list[int] | None 
                                                       f"budget {budgets[h] / 2**20:.0f} MiB"))
             continue
         ranked.append(Ranked(cand, pred))
-    if objective == "throughput":
-        ranked.sort(key=lambda r: (-r.prediction.throughput_rps, len(r.placement.hosts)))
-    else:
-        ranked.sort(key=lambda r: (r.prediction.latency_s, len(r.placement.hosts)))
+    # Ties (within 0.1%: quota periods quantize latencies) go to the least memory on the fullest host.
+    metric = (lambda p: -p.throughput_rps) if objective == "throughput" else (lambda p: p.latency_s)
+    ranked.sort(key=lambda r: (float(f"{metric(r.prediction):.3g}"), max(r.prediction.memory_by_host.values()),
+                               len(r.placement.hosts)))
     return ranked, refused
 
 

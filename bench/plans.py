@@ -36,7 +36,7 @@ def strategy_options(cls, opts: Options, extra: dict | None = None) -> list[dict
     """The option sets to run `cls` with: one per --boundary value (bp) x --wire-dtype value x
     --overlap value (tp, sp, bp), each option only where the strategy takes it."""
     accepted = cls.options
-    given = {"assignment": opts.assignment, "micro_batches": opts.micro_batches,
+    given = {"assignment": opts.assignment, "micro_batches": opts.micro_batches, "stages": opts.stages,
              "wire_reduce": None if opts.wire_reduce == "auto" else opts.wire_reduce, **(extra or {})}
     sets = [{key: value for key, value in given.items() if key in accepted and value is not None}]
     for key, values in (("boundary", opts.boundary or ["replicate"]), ("wire_dtype", opts.wire_dtype),
@@ -80,6 +80,9 @@ def select(opts: Options, model: Model, world_size: int, say=print, extra_option
     skipped with a printed reason. Explicit --strategies: any misfit is an error
     (raised identically on every rank, before any communication) unless
     `strict=False` (a device-count sweep skips the counts a strategy cannot use)."""
+    if opts.auto:  # bench.auto handles it in the drivers that run the planner's pick
+        raise UsageError("--strategies auto: only bench.latency, bench.throughput and bench.sweep run the "
+                         "planner's pick")
     explicit = opts.explicit_strategies
     strict = explicit if strict is None else strict
     names = list(opts.strategies) if explicit else list(defaults)

@@ -34,7 +34,7 @@ from . import cli, records
 from .costmodel import cost_bytes
 from .models import resolve_model
 from .profiles import SCHEMA, model_of, validate
-from .profile_kernels import measure_kernels
+from .profile_kernels import calibrate, measure_kernels
 
 EPILOG = """The profile feeds python -m bench.plan --profile FILE and the drivers' --strategies auto
 --profile FILE. Target: under 60 s for 4 hosts at 100 Mbit/s with the default --shapes."""
@@ -68,8 +68,9 @@ def make_parser():
                    help="timed calls per kernel and per collective size (default 3)")
     p.add_argument("--max-op-seconds", type=cli.finite_float(0.01, 10), default=0.25,
                    help="largest collective size: what the slowest link moves in this time (default 0.25)")
-    p.add_argument("--wait", choices=("spin", "sleep"), default=None,
-                   help="how ranks wait in MPI calls (default $DETR_COMM_WAIT, else spin)")
+    p.add_argument("--wait", choices=("auto", "spin", "sleep"), default="auto",
+                   help="how ranks wait in MPI calls, as in the drivers (default auto: $DETR_COMM_WAIT, else "
+                        "sleep when there are more ranks than CPUs, else spin)")
     p.add_argument("--out", type=cli.output_path, default=None,
                    help="profile JSON (default results/profile-<UTC time>.json)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -161,18 +162,28 @@ def measure_links(comm, max_s: float) -> list[dict]:
 
 # -- collectives --------------------------------------------------------------------------------
 def fit(points: list[tuple[int, float]]) -> tuple[float, float, float]:
-    """alpha, beta minimizing the relative error of alpha + beta x bytes; RMS relative residual."""
-    rows = [(1 / t, x / t) for x, t in points]
-    saa = sum(a * a for a, _ in rows)
-    sab = sum(a * b for a, b in rows)
-    sbb = sum(b * b for _, b in rows)
-    sa, sb = sum(a for a, _ in rows), sum(b for _, b in rows)
-    det = saa * sbb - sab * sab
-    alpha, beta = ((sbb * sa - sab * sb) / det, (saa * sb - sab * sa) / det) if det > 0 else (0.0, 0.0)
-    if alpha < 0 or beta <= 0:  # through the origin, or a flat line
-        alpha, beta = (0.0, sb / sbb) if alpha < 0 and sbb > 0 else (statistics.median(t for _, t in points), 1e-15)
-    residual = (sum(((alpha + beta * x - t) / t) ** 2 for x, t in points) / len(points)) ** 0.5
+    """alpha, beta of alpha + beta x bytes by least squares (alpha >= 0, beta > 0), and the fit's
+    RMS relative residual. Unweighted: the larger messages, which the strategies move and whose
+    time is mostly beta, decide; tiny ones (which a shaper's burst or an eager protocol sends
+    faster than the line) are left out by the caller."""
+    n = len(points)
+    mx, mt = sum(x for x, _ in points) / n, sum(t for _, t in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    beta = sum((x - mx) * (t - mt) for x, t in points) / sxx if sxx > 0 else 0.0
+    alpha = mt - beta * mx
+    if alpha < 0:  # through the origin
+        alpha, beta = 0.0, sum(x * t for x, t in points) / max(sum(x * x for x, _ in points), 1)
+    if beta <= 0:  # a flat line: time does not grow with size here
+        alpha, beta = statistics.median(t for _, t in points), 1e-15
+    residual = (sum(((alpha + beta * x - t) / t) ** 2 for x, t in points) / n) ** 0.5
     return alpha, max(beta, 1e-15), residual
+
+
+def fitted_points(sizes: list[int], points: list, model_sizes) -> list:
+    """The points a fit uses: sizes from 64 KiB (or the model's smallest message, if smaller)."""
+    floor = min([64 << 10] + [s for s in model_sizes if s])
+    kept = [p for size, p in zip(sizes, points) if size >= floor]
+    return kept if len(kept) >= 2 else points[-2:]
 
 
 def run_op(sub, op: str, whole: int, reps: int) -> tuple[int, float, float]:
@@ -221,14 +232,16 @@ def measure_collectives(comm, links, model_sizes, reps: int, max_s: float, say) 
         if sub is not None:
             for op in ("allreduce", "allgather", "gather") + (("send",) if world == 2 else ()):
                 points, fractions = [], []
-                for size in op_sizes(op, world, bandwidth, max_s, model_sizes.get((op, world), ())):
+                relevant = model_sizes.get((op, world), ())
+                sizes = op_sizes(op, world, bandwidth, max_s, relevant)
+                for size in sizes:
                     x, t, f = run_op(sub, op, size, reps)
                     points.append((x, t))
                     fractions.append(f)
-                alpha, beta, residual = fit(points)
+                alpha, beta, residual = fit(fitted_points(sizes, points, relevant))
                 out.append({"op": op, "world": world, "alpha_s": alpha, "beta_s_per_byte": beta,
                             "residual": residual, "cpu_fraction": statistics.mean(fractions),
-                            "points": [[x, t] for x, t in points]})
+                            "sizes": sizes, "points": [[x, t] for x, t in points]})
                 say(f"  {op:9s} P={world}: alpha {alpha * 1e3:.2f} ms, {1 / beta / 1e6:.1f} MB/s "
                     f"(residual {residual:.1%}, {len(points)} sizes)")
             sub.free()
@@ -251,11 +264,14 @@ def run_profile(comm, cfg, shapes, reps: int = 3, max_op_seconds: float = 0.25, 
         f"{','.join(f'{b}x{s}' for b, s in shapes)}, {len(works)} kernel shapes, {torch.get_num_threads()} thread(s)")
     kernels, share = measure_kernels(cfg, works, reps)
     say(f"kernels measured in {perf_counter() - start:.1f}s")
+    calibration = calibrate(cfg, kernels, *shapes[0])
+    say(f"whole forwards against their kernels in {perf_counter() - start:.1f}s: x"
+        + ", x".join(f"{calibration[k]['factor']:.2f} {k}" for k in ("original", "decoupled") if k in calibration))
     iface = network.wire_iface()
     host = {"host": processor_name(), "cpus": os.cpu_count() or 1, "cpu_quota": quota,
             "cpu_model": records.cpu_model(), "memory_available_bytes": memory_available(),
             "runtime_bytes": runtime, "cpu_share": share, "network": network.describe_network(iface),
-            "kernels": kernels}
+            "calibration": calibration, "kernels": kernels}
     hosts = [{"rank": r, **h} for r, h in enumerate(comm.allgather_object(host))]
     links, collectives = [], []
     if comm.size > 1:
@@ -281,10 +297,13 @@ def write_profile(profile: dict, out) -> Path:
 
 
 def main(argv=None) -> None:
-    from parallelism.comm import Communicator
+    from .session import make_comm
 
     args = make_parser().parse_args(argv)
-    cfg = resolve_model(args.model).original
+    model = resolve_model(args.model)
+    cfg = model.original
+    if model.checkpoint is not None and model.decoupled is not None:  # a trained decoupled model: its shape
+        args.nb, args.ndiv = model.decoupled.n_blocks, model.decoupled.n_div
     args.shapes = args.shapes or [(1, min(128, cfg.max_positions))]
     for batch, seq in args.shapes:
         if seq > cfg.max_positions:
@@ -292,7 +311,7 @@ def main(argv=None) -> None:
     cpu_quota()  # a bad DETR_CPU_QUOTA is bad input, before any work
     out = args.out or f"results/profile-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.json"
     torch.set_num_threads(args.threads)
-    comm = Communicator(wait=args.wait)
+    comm = make_comm(args.wait)
     say = (lambda m: print(m, flush=True)) if comm.rank == 0 and not args.quiet else (lambda m: None)
     profile = run_profile(comm, cfg, args.shapes, args.reps, args.max_op_seconds, args.nb, args.ndiv, say)
     if comm.rank == 0:

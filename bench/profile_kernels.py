@@ -76,3 +76,51 @@ def measure_kernels(cfg, works: dict, reps: int) -> tuple[dict, float]:
         if one.flops(cfg):
             out[key]["gflops"] = one.flops(cfg) / out[key]["seconds"] / 1e9
     return out, (cpu_total / wall_total if wall_total else 1.0)
+
+
+@torch.inference_mode()
+def calibrate(cfg, kernels: dict, batch: int, seq: int, reps: int = 2) -> dict:
+    """Whole serial forwards against the sum of their kernels' times, per model kind.
+
+    A kernel timed alone, again and again, finds its weights in cache; in a forward the
+    layers' weights stream through it, and the glue between kernels (masks, slicing,
+    concatenation) costs too. `factor` = CPU seconds of a forward / the sum of its kernels'
+    profiled seconds: the cost model scales kernels by it (layers at the model's width by the
+    original model's, sub-blocks by what the decoupled forward spends beyond its boundary layer). `cpu_per_wall` over those forwards is what
+    the CPU quota left of a core (the quota's CFS periods included)."""
+    from kernels import ReferenceModel, init_weights
+    from parallelism.serial import Serial
+    from .profiles import kernel_key
+    out, cpu_all, wall_all = {}, 0.0, 0.0
+    # Four layers (and a small vocabulary: a lookup costs the same) are enough to stream
+    # weights through the cache as the whole model does, at a fraction of the set-up.
+    layers = min(4, cfg.layers)
+    small = cfg.replace(layers=layers, n_blocks=layers, vocab=min(cfg.vocab, 4096))
+    decoupled = small.replace(n_blocks=1, n_div=4) if layers > 1 and cfg.hidden % 4 == 0 else None
+    ids = torch.randint(1, small.vocab, (batch, seq))
+    for kind, model_cfg in (("original", small), ("decoupled", decoupled)):
+        if model_cfg is None or (kind == "decoupled" and not model_cfg.is_decoupled):
+            continue
+        [step] = Serial.steps(model_cfg, 1, batch, seq)
+        full = narrow = 0.0   # kernels' seconds at the model's width (and embeddings), at sub-block width
+        for work in step.work[0]:
+            key = kernel_key(*work.shape)
+            if key not in kernels:  # not among the candidates' shapes: time it now
+                kernels.update(measure_kernels(cfg, {key: work}, 3)[0])
+            seconds = work.count * kernels[key]["seconds"]
+            full, narrow = (full + seconds, narrow) if work.width == cfg.hidden else (full, narrow + seconds)
+        model = ReferenceModel(model_cfg, init_weights(model_cfg, 0))
+        model.forward(ids)
+        c0, t0 = process_time(), perf_counter()
+        for _ in range(reps):
+            model.forward(ids)
+        cpu, wall = (process_time() - c0) / reps, (perf_counter() - t0) / reps
+        cpu_all, wall_all = cpu_all + cpu, wall_all + wall
+        # The decoupled forward's factor is its sub-blocks' (its boundary layer takes the original's).
+        factor = cpu / full if kind == "original" else max(0.5, (cpu - out["original"]["factor"] * full) / narrow)
+        out[kind] = {"n_blocks": model_cfg.n_blocks, "n_div": model_cfg.n_div, "layers": model_cfg.layers,
+                     "batch": batch, "seq": seq, "forward_cpu_s": cpu, "forward_wall_s": wall,
+                     "kernels_s": full + narrow, "factor": factor}
+        del model
+    out["cpu_per_wall"] = cpu_all / wall_all
+    return out

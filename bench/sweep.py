@@ -78,7 +78,7 @@ def make_parser():
                         "profile made once per rate and model (see --predict)")
     p.add_argument("--predict", action="store_true",
                    help="profile the hosts once per rate and model (python -m bench.profile, kept as "
-                        "<out>.profile-<model>-<rate>.json and reused on resume) and pass it to every "
+                        "<out>.profile-<model>-<rate>-n<ranks>.json and reused on resume) and pass it to every "
                         "driver run, so every record carries predicted_latency_s beside latency_s")
     p.add_argument("--profile", default=None, help="use this profile for every point instead of profiling")
     p.add_argument("--out", type=output_path, default=None,
@@ -147,7 +147,7 @@ def profile_for(args, model, rate, shapes, out, made: dict):
     """The profile the points of (model, rate) use: --profile, or made once (and kept)."""
     if args.profile or not (args.predict or args.strategies == "auto"):
         return args.profile
-    path = Path(f"{out}.profile-{re.sub(r'[^A-Za-z0-9.-]+', '_', model)}-{rate or 'local'}.json")
+    path = Path(f"{out}.profile-{re.sub(r'[^A-Za-z0-9.-]+', '_', model)}-{rate or 'local'}-n{args.ranks or 'all'}.json")
     if (model, rate) in made or path.exists():
         made[(model, rate)] = path
         return path

@@ -1,9 +1,12 @@
 """bench.validate: the cost model's predictions against measurements, from driver records.
 
     python -m bench.validate results/rates.jsonl [more.jsonl ...] [--out summary.json]
+    python -m bench.validate old-records.jsonl --profile results/p.json   # predict them now
 
-Reads the records that carry `predicted_latency_s` (runs with --profile or --strategies auto)
-and prints, per record, measured latency (p50) against predicted, the relative error, and
+Reads the records that carry `predicted_latency_s` (runs with --profile or --strategies auto),
+or predicts every latency record with --profile (at a record's own link rate: a projection
+when it is not the profiled one), and prints, per record, measured latency (p50) against
+predicted, the relative error, and
 for each point (model, shape, rate, hosts) whether the planner's pick (an `auto:` record) is
 within 5% of the best measured placement there. Summary: median absolute error and the
 worst, the targets being 10% and 25%.
@@ -27,14 +30,39 @@ def point_of(rec: dict) -> tuple:
     return rec.get("model"), rec.get("batch"), rec.get("seq"), rate, len(hosts) or rec.get("world_size")
 
 
+def predict_all(recs: list[dict], path: str) -> None:
+    """Each record's prediction from the profile, at the record's own link rate."""
+    from . import machine as M, profiles
+    from .auto import predict_record
+    from .models import resolve_model
+    from .network import parse_rate
+    profile = profiles.load(path)
+    machines, models = {}, {}
+    for rec in recs:
+        if rec.get("bench") != "latency":
+            continue
+        if rec["model"] not in models:
+            models[rec["model"]] = resolve_model(rec["model"]).original
+            profiles.check_model(profile, models[rec["model"]], path)
+        rate = parse_rate(rec["rate"]) if rec.get("rate") else None
+        if rate not in machines:
+            base = M.profiled_rate_bit(profile)
+            machines[rate] = M.build(profile, rate_bit=None if rate is None or rate == base else rate)
+        rec.update(predict_record(rec, models[rec["model"]], machines[rate], (rec.get("plan") or {}).get("hosts")))
+
+
 def main(argv=None) -> int:
     p = cli.ArgumentParser(prog="python -m bench.validate", description=__doc__)
     p.add_argument("results", nargs="+", help="JSONL record files")
     p.add_argument("--out", type=cli.output_path, default=None, help="write the summary as JSON here")
+    p.add_argument("--profile", default=None,
+                   help="predict every record with this profile (replacing predictions they carry)")
     args = p.parse_args(argv)
     recs = []
     for path in args.results:
         recs += [r for r in records.read_records(path) if r.get("latency_s")]
+    if args.profile:
+        predict_all(recs, args.profile)
     from tabulate import tabulate
     rows, errors, points = [], [], {}
     for rec in recs:

@@ -127,7 +127,7 @@ def test_unequal_hosts_get_more_work_on_faster_ones():
     profile = hand_profile(cfg, hosts=2)
     mach = M.build(profile, speeds=[1.0, 0.25])
     ranked, _ = planner.plan(cfg, mach, 1, 8, strategies=["bp"], nb=2, ndiv=4)
-    best = ranked[0].placement
+    best = next(r.placement for r in ranked if len(r.placement.hosts) == 2)
     assert best.opts["assignment"] == "0,1,2/3"
     ranked, _ = planner.plan(cfg, mach, 2, 8, strategies=["pp"])
     assert any(r.placement.opts.get("stages") == "3,1" for r in ranked)
@@ -241,3 +241,28 @@ def test_two_profiles_differ_per_term():
     b = spoil(a, lambda p: p["collectives"][0].update(alpha_s=2 * ALPHA))
     diff = {term: ratio for term, _, _, ratio in profiles.compare(a, b)}
     assert diff["allreduce P=2 alpha_s"] == 2.0 and diff["link 0-1 bandwidth_Bps"] == 1.0
+
+
+def test_a_checkpoint_fixes_what_may_run():
+    from pathlib import Path
+    from bench.models import Model
+    decoupled = TINY.replace(n_blocks=2, n_div=4)
+    trained = Model("t", TINY, decoupled, None, Path("ckpt"), 0, original_error="ckpt holds a decoupled model")
+    mach = M.build(hand_profile(TINY, hosts=2))
+    ranked, refused = planner.plan(TINY, mach, 1, 8, **planner.limits(trained))
+    assert ranked and {(r.placement.strategy, r.placement.n_blocks, r.placement.n_div) for r in ranked} == {
+        ("bp", 2, 4)}
+    assert {r.label for r in refused} >= {"serial", "dp", "pp", "tp", "sp"}
+    original = Model("o", TINY, None, "bp needs decoupled weights", Path("ckpt"), 0)
+    ranked, refused = planner.plan(TINY, mach, 1, 8, **planner.limits(original))
+    assert ranked and not any(r.placement.strategy == "bp" for r in ranked)
+    assert any(r.label == "bp" and "decoupled weights" in r.reason for r in refused)
+
+
+def test_driver_args_of_the_best_placement_on_all_hosts(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(hand_profile(TINY, hosts=2)))
+    assert run_tool(["--profile", str(path), "--seq", "8", "--strategies", "bp", "--nb", "2", "--ndiv", "4",
+                     "--speeds", "1,0.25", "--driver-args"]) == 0
+    assert capsys.readouterr().out.split() == ["--strategies", "bp", "--nb", "2", "--ndiv", "4", "--boundary",
+                                               "replicate", "--assignment", "0,1,2/3"]
