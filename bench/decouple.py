@@ -14,9 +14,10 @@ Init (what each weight of the decoupled model starts from, before distillation):
     are, with --init lsq (default), the least-squares fit from slice j to what the
     original computes from the whole input (ridge 1e-3, on the teacher's activations of
     64 distillation texts, biases included); with --init slice simply their input
-    columns of slice j and the whole biases. Initial loss on MiniLM (3 batches):
-    (N_b, N_div) = (3, 2): slice 0.85, lsq 0.52; (3, 4): 1.25, 1.02; (2, 2): 0.85, 0.65
-    (scaling the slice's columns by sqrt(N_div) or N_div instead was worse: 1.91, 2.60 at (3, 4)).
+    columns of slice j and the whole biases. Initial loss on MiniLM (3 batches of 16):
+    (N_b, N_div) = (3, 2): slice 0.85, lsq 0.52; (3, 4): 1.25, 1.02; (2, 2): 0.85, 0.65;
+    scaling the slice's columns by sqrt(N_div) or N_div was worse (1.91, 2.60 at (3, 4))
+    (reports/quality-minilm.md, Notes).
 Distillation: the decoupled model (student) learns to reproduce the original (teacher) on
 real text: loss = sum over block boundaries of the MSE between the student's hidden state
 after the boundary layer and the teacher's after the same layer (padding excluded), plus
@@ -152,6 +153,7 @@ def trainable(weights: K.ModelWeights) -> list[torch.Tensor]:
 
 # -- loss ---------------------------------------------------------------------------------
 def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, s, h) -> (B, h): the mean over the real (unpadded) tokens, as sentence-transformers pool."""
     keep = mask.unsqueeze(-1).to(x.dtype)
     return (x * keep).sum(1) / keep.sum(1).clamp(min=1)
 
@@ -248,13 +250,14 @@ def main(argv=None) -> int:
         state = torch.load(state_path, weights_only=False)
         if state["settings"] != settings:
             raise UsageError(f"{state_path} was saved by another run ({state['settings']}); "
-                           "use --fresh or another --out")
+                             "use --fresh or another --out")
         with torch.no_grad():
             for t, saved in zip(params, state["tensors"]):
                 t.copy_(saved)
         optimizer.load_state_dict(state["optimizer"])
         step, curve, elapsed0 = state["step"], state["curve"], state["elapsed_s"]
         say(args, f"resuming {state_path} at step {step}/{args.steps}")
+    resumed_from = step
     say(args, f"bench.decouple: {teacher_cfg.describe()} -> {cfg.describe()}, init {args.init}; "
               f"text {counts}; {args.steps} steps x {args.batch} texts x <= {args.seq} tokens, "
               f"{args.threads} thread(s), seed {args.seed} -> {out}")
@@ -287,11 +290,11 @@ def main(argv=None) -> int:
         say(args, f"stopped at step {step}/{args.steps}; the same command without --stop-after resumes")
         return 0
     elapsed = time.perf_counter() - t0
-    finish(args, out, original_dir, cfg, student, curve, settings, counts, elapsed, load_start)
+    finish(args, out, original_dir, cfg, student, curve, settings, counts, elapsed, load_start, resumed_from)
     return 0
 
 
-def finish(args, out, original_dir, cfg, student, curve, settings, counts, elapsed, load_start) -> None:
+def finish(args, out, original_dir, cfg, student, curve, settings, counts, elapsed, load_start, resumed_from) -> None:
     base = json.loads((original_dir / "config.json").read_text())
     summary = {"decoupled_from": str(original_dir.resolve()), "distillation": {
         **settings, "texts": counts, "time_s": round(elapsed, 1), "final_loss": curve[-1]["loss"] if curve else None}}
@@ -307,7 +310,7 @@ def finish(args, out, original_dir, cfg, student, curve, settings, counts, elaps
               "n_blocks": cfg.n_blocks, "n_div": cfg.n_div, "seed": args.seed, "steps": args.steps,
               "batch": args.batch, "seq": args.seq, "lr": args.lr, "init": args.init,
               "texts": counts, "time_s": round(elapsed, 1), "threads": args.threads,
-              "cpu_s_this_process": round(time.process_time(), 1), "initial_loss": curve[0]["loss"] if curve else None,
+              "cpu_s_this_process": round(time.process_time(), 1), "resumed_from_step": resumed_from, "initial_loss": curve[0]["loss"] if curve else None,
               "final_loss": curve[-1]["loss"] if curve else None, "loadavg_1m_start": load_start,
               "curve": [[p["step"], round(p["loss"], 5), p["elapsed_s"]] for p in curve],
               "env": records.env_block()}

@@ -41,6 +41,7 @@ from parallelism.errors import UsageError
 
 from . import records
 from .cli import ArgumentParser, name_list, positive_int, run
+from .decouple import mean_pool
 from .textdata import DataError, Example, Tokenizer, bbc_news, fortunes, shipped_minilm, task_split
 
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("text_a", "text_b"),
@@ -149,11 +150,6 @@ class Encoder:
             if keep_below:
                 below[rows, :x.shape[1]], masks[rows, :x.shape[1]] = x, mask
         return pooled, below, masks
-
-
-def mean_pool(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    keep = mask.unsqueeze(-1).to(x.dtype)
-    return (x * keep).sum(1) / keep.sum(1).clamp(min=1)
 
 
 # -- scoring ------------------------------------------------------------------------------

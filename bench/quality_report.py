@@ -44,13 +44,16 @@ def config_key(r: dict) -> tuple:
 
 
 def summarise(quality: list[dict]) -> dict:
-    """checkpoint -> {"first": record, (task, method): [accuracy % per seed], (task, "cos"): agreement}."""
-    out: dict[str, dict] = {}
+    """(N_b, N_div) -> {"first": record, "checkpoints": {name: distillation seed},
+    (task, method): {(checkpoint, seed): accuracy %}, (task, "cos"): {checkpoint: agreement}}."""
+    out: dict[tuple, dict] = {}
     for r in quality:
-        entry = out.setdefault(r["checkpoint"], {"first": r})
-        entry.setdefault((r["task"], r["method"]), {})[r["seed"]] = 100 * r["accuracy"]
+        entry = out.setdefault((r["n_blocks"], r["n_div"]), {"first": r, "checkpoints": {}})
+        name = Path(r["checkpoint"]).name
+        entry["checkpoints"][name] = (r.get("distillation") or {}).get("seed")
+        entry.setdefault((r["task"], r["method"]), {})[(name, r["seed"])] = 100 * r["accuracy"]
         if r.get("cosine_agreement") is not None:
-            entry[(r["task"], "cos")] = r["cosine_agreement"]
+            entry.setdefault((r["task"], "cos"), {})[name] = r["cosine_agreement"]
     return out
 
 
@@ -66,6 +69,19 @@ def cell(seeds: dict | None) -> str:
     return f"{mean(values):.2f} ({min(values):.2f}-{max(values):.2f}, n={len(values)})"
 
 
+def distillation_cell(names, distillations: dict) -> str:
+    runs = [distillations[n] for n in sorted(names) if n in distillations]
+    if not runs:
+        return "-"
+    d = runs[0]
+    # CPU seconds only of runs known to have run every step in one process.
+    cpu = [r["cpu_s_this_process"] for r in runs if r.get("cpu_s_this_process") and r.get("resumed_from_step") == 0]
+    return (f"{len(runs)} run(s) of {d['steps']} steps x {d['batch']} texts x <= {d['seq']} tokens: "
+            + ", ".join(f"{r['time_s']:.0f} s wall (load {r.get('loadavg_1m_start')}-{r['env'].get('loadavg_1m')})"
+                        for r in runs)
+            + (f"; CPU {min(cpu):.0f}-{max(cpu):.0f} s per run ({d.get('threads')} thread)" if cpu else ""))
+
+
 def accuracy_table(summary: dict, distillations: dict) -> tuple[list[str], list[dict]]:
     originals = [e for e in summary.values() if config_key(e["first"])[0] == 0]
     if not originals:
@@ -75,19 +91,18 @@ def accuracy_table(summary: dict, distillations: dict) -> tuple[list[str], list[
              + " | change vs original (points) | cosine vs original (BBC / fortunes) | distillation |",
              "|---" * (6 + len(COLUMNS)) + "|"]
     moves = []
-    for checkpoint, e in sorted(summary.items(), key=lambda kv: config_key(kv[1]["first"])):
+    for e in sorted(summary.values(), key=lambda e: config_key(e["first"])):
         r = e["first"]
         changes = {(t, m): mean(e[(t, m)].values()) - mean(base[(t, m)].values())
                    for t, m, _ in COLUMNS if e.get((t, m)) and base.get((t, m))}
         is_original = e is base
         change = "-" if is_original else ", ".join(f"{t} {m} {v:+.2f}" for (t, m), v in changes.items())
-        cos = "-" if is_original else f"{e.get(('bbc', 'cos'), float('nan')):.4f} / {e.get(('fortunes', 'cos'), float('nan')):.4f}"
-        d = distillations.get(Path(checkpoint).name)
-        dist = "-" if d is None else (f"{d['steps']} steps x {d['batch']} x {d['seq']} tok, {d['time_s']:.0f} s wall "
-                                      f"({d.get('threads', '?')} thr, load {d.get('loadavg_1m_start')}->"
-                                      f"{d['env'].get('loadavg_1m')})")
-        lines.append(f"| {Path(checkpoint).name} | {r['n_blocks']} | {r['n_div']} | "
-                     + " | ".join(cell(e.get((t, m))) for t, m, _ in COLUMNS) + f" | {change} | {cos} | {dist} |")
+        cos = "-" if is_original else " / ".join(
+            f"{mean(e[(t, 'cos')].values()):.4f}" if e.get((t, "cos")) else "-" for t in ("bbc", "fortunes"))
+        names = ", ".join(sorted(e["checkpoints"]))
+        lines.append(f"| {names} | {r['n_blocks']} | {r['n_div']} | "
+                     + " | ".join(cell(e.get((t, m))) for t, m, _ in COLUMNS)
+                     + f" | {change} | {cos} | {distillation_cell(e['checkpoints'], distillations)} |")
         if not is_original:
             moves.append({"label": f"({r['n_blocks']},{r['n_div']})", "changes": changes})
     return lines, moves
@@ -165,7 +180,7 @@ def main(argv=None) -> int:
     latency = [r for r in records.read_records(args.latency) if r.get("bench") == "latency"] if args.latency else []
     if not quality:
         raise UsageError("no bench.quality records in " + ", ".join(args.quality))
-    distillations = {Path(r["checkpoint"]).name: r for r in decouple}
+    distillations = {Path(r["checkpoint"]).name: r for r in decouple}  # the last run per checkpoint wins
     table, moves = accuracy_table(summarise(quality), distillations)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -134,3 +134,28 @@ def test_pair_task_end_to_end_on_real_minilm_and_decoupled(capsys, minilm_dir, t
     assert "cosine vs original" in stdout
     ids, mask, types = Q.Encoder(minilm_dir, 32, 8).tokenizer(["a b"], ["c d"])
     assert types.tolist() == [[0, 0, 0, 0, 1, 1, 1]]
+
+
+def test_report_from_records(tmp_path):
+    """bench.quality_report: the paper-shaped table, the acceptance lines and both PNGs."""
+    from bench import quality_report as R
+    from bench.records import append_jsonl
+    quality, decouple = tmp_path / "q.jsonl", tmp_path / "d.jsonl"
+    for (nb, ndiv, name), acc in {(6, 1, "model"): 0.96, (3, 2, "dec-s0"): 0.955}.items():
+        for task, method in (("bbc", "probe"), ("bbc", "finetune"), ("fortunes", "probe")):
+            for seed in (0, 1):
+                append_jsonl(quality, {"bench": "quality", "checkpoint": f"/x/{name}", "n_blocks": nb, "n_div": ndiv,
+                                       "layers": 6, "task": task, "method": method, "seed": seed,
+                                       "accuracy": acc - 0.01 * seed, "cosine_agreement": None if nb == 6 else 0.93,
+                                       "classes": 5, "n_train": 10, "n_test": 5, "seq": 64, "env": {}})
+    append_jsonl(decouple, {"bench": "decouple", "checkpoint": "checkpoints/dec-s0", "n_blocks": 3, "n_div": 2,
+                            "seed": 0, "steps": 2, "batch": 2, "seq": 16, "time_s": 3.0, "threads": 1,
+                            "cpu_s_this_process": 2.5, "resumed_from_step": 0, "loadavg_1m_start": 1.0,
+                            "curve": [[1, 0.5, 1.0], [2, 0.4, 2.0]], "env": {"loadavg_1m": 1.2}})
+    assert R.main(["--quality", str(quality), "--decouple", str(decouple), "--name", "q",
+                   "--out-dir", str(tmp_path / "reports")]) == 0
+    text = (tmp_path / "reports" / "q.md").read_text()
+    assert "| dec-s0 | 3 | 2 | 95.00 (94.50-95.50, n=2) |" in text
+    assert "bbc probe -0.50 points (within -1)" in text and "CPU 2-2 s per run" in text
+    assert (tmp_path / "reports" / "q-distillation.png").stat().st_size > 1000
+    assert (tmp_path / "reports" / "q-accuracy.png").stat().st_size > 1000
