@@ -64,6 +64,15 @@ def test_auto_runs_the_pick_and_records_the_prediction(tiny_profile, tmp_path):
     assert rec["output_check"] == "ok"
 
 
+def test_throughput_auto(tiny_profile, tmp_path):
+    out = tmp_path / "thr.jsonl"
+    proc = mpi("bench.throughput", "--model", "tiny", "--seq", "16", "--requests", "2", "--strategies", "auto",
+               "--profile", str(tiny_profile), "--iters", "1", "--warmup", "0", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    [rec] = records(out)
+    assert rec["predicted_throughput_rps"] > 0 and rec["label"].startswith("auto:")
+
+
 def test_auto_leaves_a_slow_host_idle(tiny_profile, tmp_path):
     slow = json.loads(tiny_profile.read_text())
     for entry in slow["hosts"][1]["kernels"].values():
