@@ -237,29 +237,32 @@ def print_driver_args(ranked, hosts: int) -> int:
 
 
 def print_sweep(cfg, args, results) -> None:
+    """One row per (hosts, rate): the winner, the best bp and the best of the rest, and what
+    dominates bp's latency: where bp stops winning, and why."""
     from tabulate import tabulate
     projected = any(m.is_projection for *_, m, _, _ in results)
     print(f"bench.plan: {cfg.describe()}, batch {args.batch}, seq {args.seq}, objective {args.objective}"
           + ("  -- PROJECTION (not measured)" if projected else ""))
     rows = []
     for count, rate, mach, ranked, _ in results:
+        row = [count, "profiled" if rate is None else f"{rate / 1e6:g} Mbit/s"]
         if not ranked:
-            rows.append([count, "-" if rate is None else f"{rate / 1e6:g} Mbit/s", "nothing fits"] + [""] * 4)
+            rows.append(row + ["nothing fits"] + [""] * 4)
             continue
         names = [h.name for h in mach.hosts]
-        win = ranked[0]
         bp = next((r for r in ranked if r.placement.strategy == "bp"), None)
-        row = [count, "profiled" if rate is None else f"{rate / 1e6:g} Mbit/s", win.placement.label(names),
-               fmt_ms(win.prediction.latency_s)]
-        if bp is None:
-            row += ["-", "-", "-"]
+        other = next((r for r in ranked if r.placement.strategy != "bp"), None)
+        show = lambda r: "-" if r is None else f"{r.placement.label(names)}: {fmt_ms(r.prediction.latency_s)}"  # noqa: E731
+        row += [ranked[0].placement.label(names), show(bp), show(other)]
+        if bp is None or other is None:
+            row += ["-", "-"]
         else:
             t = bp.prediction.timeline
-            row += [bp.placement.label(names), f"{bp.prediction.latency_s / win.prediction.latency_s:.2f}x",
+            row += [f"{other.prediction.latency_s / bp.prediction.latency_s:.2f}x",
                     f"{t.dominant()} ({100 * max(t.compute_s, t.throttled_s, t.comm_s) / t.latency_s:.0f}%)"]
         rows.append(row)
-    print(tabulate(rows, headers=["hosts", "rate", "winner", "latency", "best bp", "bp/winner", "bp's dominant term"],
-                   tablefmt="github", disable_numparse=True))
+    print(tabulate(rows, headers=["hosts", "rate", "winner", "best bp", "best other", "other/bp",
+                                  "bp's dominant term"], tablefmt="github", disable_numparse=True))
 
 
 def write_json(path, cfg, args, results) -> None:

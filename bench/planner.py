@@ -58,7 +58,7 @@ class Placement:
         if o.get("micro_batches", 1) > 1:
             extra.append(f"micro-batches {o['micro_batches']}")
         names = [host_names[h] if host_names else str(h) for h in self.hosts]
-        extra.append("on " + ",".join(names))
+        extra.append("on " + (",".join(names) if len(names) <= 6 else f"{len(names)} hosts ({names[0]}..{names[-1]})"))
         return f"{text} " + " ".join(extra)
 
     def record(self, host_names: list[str]) -> dict:
