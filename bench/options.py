@@ -45,7 +45,7 @@ class Options:
     wire_dtype: list[str] = field(default_factory=lambda: ["fp32"])
     wire_reduce: str = "auto"
     overlap: list[str] = field(default_factory=lambda: ["off"])
-    chunks: int = 4
+    chunks: int = 2
     warmup: int = 2
     iters: int = 10
     threads: int = 1
@@ -147,8 +147,9 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
         s.add_argument("--overlap", type=name_list, default=["off"],
                        help="off, on, or 'off,on': tp, sp and bp cut their communication into --chunks "
                             "token spans, each sent while the next is computed (default off)")
-        s.add_argument("--chunks", type=bounded_int(1, 65536, "a chunk count"), default=4,
-                       help="token spans per overlapped communication (<= seq; default 4)")
+        s.add_argument("--chunks", type=bounded_int(1, 65536, "a chunk count"), default=2,
+                       help="token spans per overlapped communication (<= seq; default 2: each span's GEMMs "
+                            "re-read the weights, so more spans cost compute)")
     if timing:
         t = p.add_argument_group("timing")
         t.add_argument("--warmup", type=bounded_int(0, MAX_ITERS, "a warm-up count"), default=d.warmup,
