@@ -178,3 +178,17 @@ def test_defect15_tiny_runs_with_default_seq_and_names_once(tmp_path):
     done = run(["bench.latency", "--model", "tiny", "--strategies", "tp", "--seq", "16", "--out", str(out)], n=3)
     assert done.returncode == 2
     assert "tp: tp:" not in done.stderr and "error: tp: heads % P must be 0" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("field,value", [("intermediate_size", 1000), ("vocab_size", 40000)])
+def test_defect9_checkpoint_config_checked_against_its_tensors(tmp_path, minilm_dir, field, value):
+    """A wrong intermediate_size used to run and be recorded wrong; a larger vocab failed later
+    with IndexError. Both are bad input: one error line, exit 2."""
+    config = json.loads((minilm_dir / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, field: value}))
+    (tmp_path / "model.safetensors").symlink_to(minilm_dir / "model.safetensors")
+    out = tmp_path / "r.jsonl"
+    done = run(["bench.latency", "--model", str(tmp_path), "--strategies", "tp", "--seq", "16", "--iters", "1",
+                "--out", str(out)], n=None, timeout=120)
+    one_line_error(done, "has shape")
+    assert not out.exists()
