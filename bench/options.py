@@ -140,7 +140,7 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
                        help="pp layers per rank, e.g. 4,3,3,2 (unequal devices; default: balanced by FLOPs)")
         s.add_argument("--wire-dtype", type=name_list, default=["fp32"],
                        help=f"how activations travel: {', '.join(WIRE_DTYPES)}, or several, e.g. 'fp32,int8' "
-                            "(int8: one fp32 scale per 64 values; default fp32)")
+                            "(int8: blocks of 128 codes, an fp32 scale and the largest value apart; default fp32)")
         s.add_argument("--wire-reduce", choices=REDUCE_MODES, default="auto",
                        help="allreduces (tp, bp --boundary tp): mpi = MPI's own sum (fp32, fp16), split = "
                             "alltoall + fp32 sum + allgather (any wire dtype); auto = mpi for fp32, else split")

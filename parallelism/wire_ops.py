@@ -19,7 +19,7 @@ Allreduce (`Wire.reduce`):
   (in rank order, so every rank's share is summed the same way), and one allgather of the
   packed sums. Only bytes travel, nothing is reduced in 8 or 16 bits, nothing overflows; every
   rank decodes the same gathered bytes, so all ranks hold identical results. Chunks are whole
-  int8 blocks of 64 values (as even as possible over the ranks). It is one operation of 2 calls
+  int8 blocks of 128 values (as even as possible over the ranks). It is one operation of 2 calls
   (traffic rule `allreduce_split`, recorded under op `allreduce`).
 
 Every rank decodes every part it gathers, its own included, so ranks that go on to compute the
