@@ -195,7 +195,8 @@ def main(argv=None) -> int:
             f"bench.decouple and {len(latency)} bench.latency records. Tasks: BBC News (5 topics, "
             f"{first_of(quality, 'bbc', 'n_train')} train / {first_of(quality, 'bbc', 'n_test')} test articles), fortunes "
             f"({first_of(quality, 'fortunes', 'classes')} topic classes, {first_of(quality, 'fortunes', 'n_test')} test "
-            f"entries), texts cut at {first['seq']} tokens. Accuracy: mean over seeds (min-max, n seeds). Machine: "
+            f"entries), texts cut at {first['seq']} tokens. Accuracy: mean over (distilled checkpoint, "
+            f"evaluation seed) pairs (min-max, n pairs). Machine: "
             f"{first['env'].get('cpu_model')}, {first['env'].get('cpus')} CPUs, shared (1-minute load in the records).",
             ""]
     if args.notes:
