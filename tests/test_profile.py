@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench import profiles
+from mpi_launcher import program_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIEXEC = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
@@ -103,14 +104,14 @@ def test_profile_of_other_hosts_is_refused(tiny_profile, tmp_path):
     proc = mpi("bench.latency", "--model", "tiny", "--seq", "16", "--strategies", "auto", "--profile",
                str(tiny_profile), "--out", str(out), ranks=1)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
+    assert program_lines(proc.stderr) == [
         f"error: profile {tiny_profile} has 2 host(s), this run has 1 (wrong host count: profile the hosts you run on)"]
 
 
 def test_profile_bad_input_one_line_on_every_rank(tmp_path):
     proc = mpi("bench.profile", "--model", "tiny", "--shapes", "1x999", "--out", str(tmp_path / "x.json"))
     assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
+    lines = program_lines(proc.stderr)
     assert len(lines) == 2 and all(l == "error: --shapes: seq 999 exceeds tiny's max_positions 64" for l in lines)
     assert not (tmp_path / "x.json").exists()
 
