@@ -46,7 +46,8 @@ from kernels.layers import LayerWeights, tensors_of
 from parallelism.errors import UsageError
 
 from . import records
-from .cli import ArgumentParser, finite_float, name_list, nonneg_int, positive_int, run
+from .cli import (ArgumentParser, bounded_int, finite_float, name_list, nonneg_int, output_path,
+                  positive_int, run, unwritable)
 from .textdata import CORPORA, TOKENIZER_FILES, Tokenizer, distillation_texts, shipped_minilm
 
 STATE = "distill-state.pt"
@@ -72,15 +73,19 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=finite_float(1e-9, 1.0), default=3e-4, help="AdamW peak learning rate (default 3e-4)")
     p.add_argument("--init", default="lsq", choices=("lsq", "slice"),
                    help="sub-block init: least-squares fit from the slice (default) or the plain slice")
-    p.add_argument("--seed", type=int, default=0, help="seed of the data order (default 0)")
+    p.add_argument("--seed", type=bounded_int(0, 2**31 - 1, "a seed"), default=0, help="seed of the data order (default 0)")
     p.add_argument("--save-every", type=nonneg_int, default=25, help="steps between resumable states (0: never)")
     p.add_argument("--fresh", action="store_true", help="ignore a saved state in --out and start over")
     p.add_argument("--stop-after", type=positive_int, default=None,
                    help="stop after this many steps in all, keeping the resumable state (split a long run)")
-    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
-    p.add_argument("--record", default="results/decouple.jsonl", help="JSONL file the run summary is appended to")
+    p.add_argument("--threads", type=bounded_int(1, 256, "a thread count"), default=2, help="torch threads (default 2)")
+    p.add_argument("--record", type=output_path, default="results/decouple.jsonl",
+                   help="JSONL file the run summary is appended to (--out is the checkpoint folder)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
+    problem = unwritable(args.record)  # before minutes of distillation, not after
+    if problem:
+        raise UsageError(problem)
     args.corpus = [] if args.corpus == "none" else name_list(args.corpus)
     return args
 

@@ -40,7 +40,7 @@ import kernels as K
 from parallelism.errors import UsageError
 
 from . import records
-from .cli import ArgumentParser, name_list, positive_int, run
+from .cli import ArgumentParser, bounded_int, name_list, output_path, positive_int, run, unwritable
 from .decouple import mean_pool
 from .textdata import DataError, Example, Tokenizer, bbc_news, fortunes, shipped_minilm, task_split
 
@@ -230,13 +230,16 @@ def parse_args(argv=None):
     p.add_argument("--seeds", type=seed_list, default=[0, 1, 2], help="seeds of the probe/fine-tune (default 0,1,2)")
     p.add_argument("--seq", type=positive_int, default=64, help="max tokens per text (default 64)")
     p.add_argument("--batch", type=positive_int, default=32, help="texts per forward (default 32)")
-    p.add_argument("--finetune-epochs", type=int, default=2, help="bbc fine-tune epochs, 0: no fine-tune (default 2)")
+    p.add_argument("--finetune-epochs", type=bounded_int(0, 1000, "an epoch count"), default=2, help="bbc fine-tune epochs, 0: no fine-tune (default 2)")
     p.add_argument("--max-examples", type=positive_int, default=2000,
                    help="at most this many train and dev examples of a --task-dir (default 2000)")
-    p.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
-    p.add_argument("--out", default="results/quality.jsonl", help="JSONL file records are appended to")
+    p.add_argument("--threads", type=bounded_int(1, 256, "a thread count"), default=2, help="torch threads (default 2)")
+    p.add_argument("--out", type=output_path, default="results/quality.jsonl", help="JSONL file records are appended to")
     p.add_argument("--quiet", action="store_true", help="no progress lines or table")
     args = p.parse_args(argv)
+    problem = unwritable(args.out)
+    if problem:
+        raise UsageError(problem)
     args.tasks = [] if args.tasks == "none" else name_list(args.tasks)
     if not args.tasks and not args.task_dir:
         raise UsageError("nothing to evaluate: --tasks none and no --task-dir")
