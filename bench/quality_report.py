@@ -19,6 +19,7 @@ from parallelism.errors import UsageError
 
 from . import records
 from .cli import ArgumentParser, run
+from .textdata import CORPORA
 
 COLUMNS = [("bbc", "probe", "BBC probe"), ("bbc", "finetune", "BBC fine-tune"), ("fortunes", "probe", "fortunes probe")]
 ACCEPT = {"bbc": 1.0, "fortunes": 2.0}  # points below the original allowed (issue 13)
@@ -29,7 +30,8 @@ def parse_args(argv=None):
                        epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--quality", nargs="+", required=True, help="bench.quality JSONL files")
     p.add_argument("--decouple", nargs="*", default=[], help="bench.decouple JSONL files")
-    p.add_argument("--latency", nargs="*", default=[], help="bench.latency JSONL files of the checkpoints under bp")
+    p.add_argument("--latency", nargs="*", default=[],
+                   help="bench.latency JSONL files: the checkpoints under bp, and peers such as the original under tp")
     p.add_argument("--name", default="quality-minilm", help="report name (default quality-minilm)")
     p.add_argument("--out-dir", default="reports", help="folder of the report (default reports)")
     p.add_argument("--notes", metavar="MD", default=None,
@@ -37,18 +39,29 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def corpus_of(r: dict) -> str:
+    """The distillation text of a decoupled model's record, '' for the default sources."""
+    corpus = ",".join((r.get("distillation") or {}).get("corpus") or [])
+    return "" if corpus in ("", ",".join(CORPORA)) else corpus
+
+
 def config_key(r: dict) -> tuple:
-    """(N_b, N_div) for sorting: the original first, then N_div growing, N_b shrinking."""
+    """(N_b, N_div, text) for sorting: the original first, then N_div growing, N_b shrinking."""
     layers = r.get("layers") or r.get("n_blocks")
-    return (0, 0, 0) if r["n_blocks"] == layers else (1, -r["n_blocks"], r["n_div"])
+    return (0, 0, 0, "") if r["n_blocks"] == layers else (1, -r["n_blocks"], r["n_div"], corpus_of(r))
+
+
+def label_of(r: dict) -> str:
+    corpus = corpus_of(r)
+    return f"({r['n_blocks']},{r['n_div']})" + (f" {corpus} only" if corpus else "")
 
 
 def summarise(quality: list[dict]) -> dict:
-    """(N_b, N_div) -> {"first": record, "checkpoints": {name: distillation seed},
+    """config_key -> {"first": record, "checkpoints": {name: distillation seed},
     (task, method): {(checkpoint, seed): accuracy %}, (task, "cos"): {checkpoint: agreement}}."""
     out: dict[tuple, dict] = {}
     for r in quality:
-        entry = out.setdefault((r["n_blocks"], r["n_div"]), {"first": r, "checkpoints": {}})
+        entry = out.setdefault(config_key(r), {"first": r, "checkpoints": {}})
         name = Path(r["checkpoint"]).name
         entry["checkpoints"][name] = (r.get("distillation") or {}).get("seed")
         entry.setdefault((r["task"], r["method"]), {})[(name, r["seed"])] = 100 * r["accuracy"]
@@ -104,7 +117,7 @@ def accuracy_table(summary: dict, distillations: dict) -> tuple[list[str], list[
                      + " | ".join(cell(e.get((t, m))) for t, m, _ in COLUMNS)
                      + f" | {change} | {cos} | {distillation_cell(e['checkpoints'], distillations)} |")
         if not is_original:
-            moves.append({"label": f"({r['n_blocks']},{r['n_div']})", "changes": changes})
+            moves.append({"label": label_of(r), "changes": changes})
     return lines, moves
 
 
@@ -121,15 +134,17 @@ def acceptance(moves: list[dict]) -> list[str]:
     return out
 
 
-def bp_table(latency: list[dict]) -> list[str]:
-    rows = [r for r in latency if r.get("strategy") == "bp"]
-    if not rows:
+def latency_table(latency: list[dict]) -> list[str]:
+    """bench.latency records: the checkpoints under bp (and any peer, e.g. the original under
+    tp), per link (local ranks or an emulated rate) and P."""
+    if not latency:
         return ["(no bench.latency records given)"]
-    lines = ["| checkpoint | N_b | N_div | P | boundary | seq | p50 latency | serial decoupled p50 | max_abs_err | load |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["model"], r["world_size"])):
-        lines.append(f"| {r['model']} | {r['n_blocks']} | {r['n_div']} | {r['world_size']} | {r.get('boundary')} | "
-                     f"{r['seq']} | {records.fmt_s(r['latency_s']['p50'])} | {records.fmt_s(r['serial_latency_s']['p50'])} | "
+    lines = ["| link | model | N_b | N_div | P | strategy | seq | p50 latency | serial p50 (same model) | "
+             "max_abs_err | load |", "|---" * 11 + "|"]
+    for r in sorted(latency, key=lambda r: (str(r.get("rate") or ""), r["world_size"], r["model"], r.get("label") or "")):
+        lines.append(f"| {r.get('rate') or 'local ranks'} | {r['model']} | {r['n_blocks']} | {r['n_div']} | "
+                     f"{r['world_size']} | {r.get('label') or r['strategy']} | {r['seq']} | "
+                     f"{records.fmt_s(r['latency_s']['p50'])} | {records.fmt_s(r['serial_latency_s']['p50'])} | "
                      f"{r['max_abs_err']:.2e} | {r['env'].get('loadavg_1m')} |")
     return lines
 
@@ -141,7 +156,9 @@ def plot_curves(decouple: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in sorted(decouple, key=lambda r: (-r["n_blocks"], r["n_div"], r["seed"])):
         steps, losses = [p[0] for p in r["curve"]], [p[1] for p in r["curve"]]
-        ax.plot(steps, losses, label=f"(N_b, N_div) = ({r['n_blocks']}, {r['n_div']}), seed {r['seed']}")
+        corpus = ",".join(r.get("texts") or {})
+        text = "" if corpus in ("", ",".join(CORPORA)) else f", {corpus} only"
+        ax.plot(steps, losses, label=f"(N_b, N_div) = ({r['n_blocks']}, {r['n_div']}), seed {r['seed']}{text}")
     ax.set_xlabel("step")
     ax.set_ylabel("distillation loss (sum of block MSEs + 1 - cos)")
     ax.set_yscale("log")
@@ -211,7 +228,7 @@ def main(argv=None) -> int:
         text += [f"![accuracy change]({bars.name})", ""]
     if decouple:
         text += ["## Distillation", "", f"![distillation curves]({curves.name})", ""]
-    text += ["## The distilled checkpoints under bp", "", *bp_table(latency), ""]
+    text += ["## The distilled checkpoints under bp", "", *latency_table(latency), ""]
     report = out_dir / f"{args.name}.md"
     report.write_text("\n".join(text))
     print(f"wrote {report}" + (f", {curves}" if decouple else "") + (f", {bars}" if moves else ""))
