@@ -15,7 +15,7 @@ from kernels import ConfigError
 from parallelism import STRATEGIES, UsageError
 from parallelism.comm import Communicator
 
-from .models import Model
+from .models import Model, weights_returned_when_freed
 from .options import DEFAULT_STRATEGIES, Options
 
 
@@ -121,7 +121,8 @@ def prepare(plan: Plan, cfg, weights, comm: Communicator, ids, mask, strict: boo
     """
     error, strategy = None, None
     try:
-        strategy = build(plan, cfg, weights, comm)
+        with weights_returned_when_freed():
+            strategy = build(plan, cfg, weights, comm)
         strategy.forward(ids, mask)
     except (UsageError, ConfigError) as err:
         error, strategy = str(err), None

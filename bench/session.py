@@ -11,7 +11,6 @@ hanging it.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 import threading
@@ -38,23 +37,6 @@ def make_comm(mode: str = "auto") -> Communicator:
         env = os.environ.get("DETR_COMM_WAIT")
         mode = env if env in ("spin", "sleep") else ("sleep" if world_size() > (os.cpu_count() or 1) else "spin")
     return world(mode)
-
-
-M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
-
-
-def return_freed_memory() -> None:
-    """Keep tensors of 1 MiB and more in their own mappings, returned to the system when freed.
-
-    glibc raises its mmap threshold after a large block is freed, so the full layers a
-    rank draws and drops while taking its shard then pile up on the heap: bert-large tp on
-    4 ranks peaked at 1.93 GB on one rank against 0.83 on the others; with a fixed
-    threshold every non-reference rank peaked at 0.80 GB (an ad-hoc probe on this machine,
-    recorded by the peak_rss_bytes_per_rank field of bench.latency records)."""
-    try:
-        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 1 << 20)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        pass
 
 
 class Watchdog:
@@ -96,7 +78,6 @@ class Session:
 
     def __init__(self, bench: str, opts: Options, comm: Communicator | None = None, collective: bool = True):
         self.bench, self.opts = bench, opts
-        return_freed_memory()
         torch.set_num_threads(opts.threads)
         self.comm = comm or make_comm(opts.wait)
         self.rank, self.size = self.comm.rank, self.comm.size

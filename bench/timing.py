@@ -27,6 +27,7 @@ from kernels import ReferenceModel
 from parallelism.comm import Communicator, Counters
 
 from . import network
+from .models import weights_returned_when_freed
 from .records import stats
 
 
@@ -145,7 +146,8 @@ def serial_reference(comm: Communicator, cfg, weights, ids, mask, warmup: int, i
     handed to every rank."""
     output, lat = None, None
     if comm.rank == 0:
-        model = ReferenceModel(cfg, weights.materialize())
+        with weights_returned_when_freed():
+            model = ReferenceModel(cfg, weights.materialize())
         with torch.inference_mode():
             for _ in range(warmup if time_it else 0):
                 model.forward(ids, mask)
