@@ -211,8 +211,8 @@ def seed_list(text: str) -> list[int]:
         seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         seeds = []
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    if not seeds or min(seeds) < 0 or max(seeds) > 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers from 0 to 2147483647, got {text!r}")
     return seeds
 
 
