@@ -137,6 +137,19 @@ def test_launch_command_lines():
     assert launch.cluster_shape_command("10mbit")[1:] == ["-m", "bench.cluster", "shape", "--rate", "10mbit"]
 
 
+def test_device_quota_correction_is_one_bounded_step():
+    from bench.cluster import device as D
+    quota, why = D.corrected_quota(20.0, 0.2, [16.0, 17.0, 18.0], cores=2)
+    assert why is None and quota == round(0.2 * 20 / 17, 4)
+    quota, why = D.corrected_quota(20.0, 0.2, [16.0, 18.0], cores=2)       # even count: mean of the middle two
+    assert why is None and quota == round(0.2 * 20 / 17, 4)
+    for achieved in ([10.0, 10.0], [], [0.0]):                             # busy machine / nothing measured
+        quota, why = D.corrected_quota(20.0, 0.2, achieved, cores=2)
+        assert quota == 0.2 and why
+    quota, why = D.corrected_quota(20.0, 1.9, [17.0], cores=2)             # would exceed the machine
+    assert quota == 1.9 and "outside" in why
+
+
 def test_device_targets_and_quotas():
     from bench.cluster import device as D
     assert D.target_gflops("pi4", None) == D.DEVICES["pi4"] and D.target_gflops(None, "12.5") == 12.5

@@ -15,7 +15,7 @@ from bench import cli, network as N
 from . import device as D, launch, lifecycle as L, net, preflight, sshd, state as S
 from .cgroups import CpuQuota
 from .names import ClusterNames
-from .status import collect, render
+from .status import collect, measure_hosts, render
 from .system import ClusterError, UsageError
 
 DEFAULT_NAME = "detr"
@@ -74,6 +74,30 @@ def device_quotas(args, hosts: int) -> tuple[list | None, dict | None]:
                              "gflops_per_cpu_s": round(calibration["gflops_per_cpu_s"], 2)}
 
 
+def device_given(args) -> bool:
+    return args.device is not None or args.gflops is not None
+
+
+def correct_device_quota(state: dict, cpu: CpuQuota | None) -> None:
+    """--device / --gflops: one measured correction of the quota (bench/cluster/device.py says why)."""
+    device = state.get("device")
+    if not device or cpu is None:
+        return
+    cores = os.cpu_count() or 1
+    first = device["quota"]
+    if first * state["hosts"] > cores + 1e-9:
+        device["correction"] = f"skipped: {state['hosts']} hosts x {first:g} cores are more than this machine's {cores}"
+    else:
+        achieved = [h.get("gflops", 0.0) for h in measure_hosts(state)]
+        quota, why_not = D.corrected_quota(device["target_gflops"], first, achieved, cores)
+        device.update(quota_first=first, achieved_first_gflops=achieved, quota=quota)
+        device["correction"] = f"skipped: {why_not}" if why_not else f"x {quota / first:.3f}"
+        if not why_not:
+            L.apply_shape(state, None, None, [quota] * state["hosts"], cpu)
+    S.save(state)
+    print(f"device quota {device['quota']:g} (first {first:g}; correction {device['correction']})")
+
+
 def cmd_up(args, names: ClusterNames) -> int:
     hosts = N.validate_hosts(args.hosts)
     rate_bit, burst = N.parse_rate(args.rate), N.parse_size(args.burst)
@@ -100,6 +124,7 @@ def cmd_up(args, names: ClusterNames) -> int:
             raise UsageError(f"cluster {names.name!r} is up on {state['subnet']}: run down first to change the subnet")
         state["device"] = device
         L.apply_shape(state, rate_bit, burst, quotas, cpu)
+        correct_device_quota(state, cpu)
         if args.sshd and not state.get("sshd"):
             L.add(names, state, cpu, sshd.start_all)
         print(f"cluster {names.name!r} already up: {L.describe_line(state)}")
@@ -115,6 +140,7 @@ def cmd_up(args, names: ClusterNames) -> int:
     state = L.new_state(names, hosts, subnet, rate_bit, burst, quotas, cpu)
     state["device"] = device
     L.make(names, state, cpu, extras=[sshd.start_all] if args.sshd else [])
+    correct_device_quota(state, cpu)
     print(f"cluster {names.name!r} up in {time.perf_counter() - start:.2f} s: {L.describe_line(state)}")
     return 0
 
@@ -161,6 +187,8 @@ def cmd_shape(args, names: ClusterNames) -> int:
     if quotas is not None and cpu is None:
         raise UsageError("no cgroup cpu controller (v1 cpu mount or v2 cpu.max): CPU quotas unavailable")
     L.apply_shape(state, rate_bit, burst, quotas, cpu)
+    if device_given(args):
+        correct_device_quota(state, cpu)
     print(f"cluster {names.name!r}: {L.describe_line(state)}")
     return 0
 

@@ -12,6 +12,15 @@ quota target / rate. A CFS quota runs a host at full speed for quota x 100 ms an
 it for the rest of each 100 ms period, so the achieved rate is measured over whole seconds
 (many periods), never over one GEMM; `status` measures it inside each host.
 
+A quota does not deliver its share of the calibrated rate exactly: the host's caches go cold
+while it is throttled, and the calibration keeps the fastest of 5 runs. With the quota from
+the calibration alone, pi4 hosts reached 19.9-20.8 of 23.5 GFLOP/s (84-88%; stop-8 closing
+note). So `up` takes one correction step: it measures every host at once under that first
+quota and scales the quota by target / (median achieved rate). It skips the step, and says
+so, when the quotas add up to more than the machine's cores (the hosts then compete for
+cores and no quota is the target's) or the step would change the quota by more than a
+factor of 1.25 (a busy machine, not the quota, would then be measured).
+
 The Raspberry Pi 4B figure is an ESTIMATE, not a measurement of PyTorch on a Pi:
   peak: 4 Cortex-A72 cores x 1.5 GHz x 8 fp32 FLOP per cycle (one 4-wide NEON FMA per cycle;
         vfpbench measured 7.94 fp32 FLOP/cycle on one A72 core, wlog.flatlib.jp 2015-10-30)
@@ -120,6 +129,25 @@ def device_quota(target: float, calibration: dict, cores: int) -> float:
         raise ValueError(f"{target:g} GFLOP/s per host needs a quota of {quota:.3g} cores at this machine's "
                          f"{per_core:.1f} GFLOP/s per core: outside 0.01 to {cores}")
     return round(quota, 4)
+
+
+MAX_CORRECTION = 1.25
+
+
+def corrected_quota(target: float, quota: float, achieved: list[float], cores: int) -> tuple[float, str | None]:
+    """One correction step: (quota x target / median(achieved), None), or (quota, why not)."""
+    rates = sorted(a for a in achieved if a > 0)
+    if not rates:
+        return quota, "no host could be measured"
+    median = rates[len(rates) // 2] if len(rates) % 2 else (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
+    factor = target / median
+    if not 1 / MAX_CORRECTION <= factor <= MAX_CORRECTION:
+        return quota, (f"the hosts reached {median:.1f} of {target:g} GFLOP/s: a factor of {factor:.2f} is more "
+                       "than a quota explains (is the machine busy?)")
+    new = round(quota * factor, 4)
+    if not 0.01 <= new <= cores:
+        return quota, f"the corrected quota {new:g} is outside 0.01 to {cores} cores"
+    return new, None
 
 
 def main(argv=None) -> int:

@@ -64,7 +64,9 @@ def render(status: dict, state: dict) -> str:
     device = status.get("device")
     if device:
         head += (f"\ndevice {device['name'] or 'custom'}: target {device['target_gflops']:g} GFLOP/s per host "
-                 f"(this machine {device['gflops_per_cpu_s']:g} GFLOP/s per core -> quota {device['quota']:g})")
+                 f"(this machine {device['gflops_per_cpu_s']:g} GFLOP/s per core -> quota "
+                 f"{device.get('quota_first', device['quota']):g}; measured correction "
+                 f"{device.get('correction', 'none')} -> {device['quota']:g})")
     rows = []
     for h in status["host_list"]:
         cpu, speed = h.get("cpu") or {}, h.get("speed") or {}
