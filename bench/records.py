@@ -167,6 +167,16 @@ def local_env() -> dict:
             "git_commit": git_commit(), "utc_time": utc_now()}
 
 
+def cpu_quota_env() -> float | None:
+    """This process's CPU quota in cores when an emulated host set one (DETR_CPU_QUOTA, set by
+    bench.cluster's agent per host), else None; an unreadable value is recorded as None."""
+    try:
+        quota = float(os.environ.get("DETR_CPU_QUOTA", ""))
+    except ValueError:
+        return None
+    return quota if 0 < quota < 1e6 else None
+
+
 def env_block(base: dict | None = None, **extra) -> dict:
     """The `env` every tool writes into every record: `base` (a process's `local_env()`,
     taken once per run), the MPI facts a tool has (`extra`: hostnames, mpi_library, wait),

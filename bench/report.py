@@ -32,7 +32,7 @@ from . import records
 from . import report_plots as plots
 from .cli import ArgumentParser, UsageError, run
 from .records import fmt_bytes as b, fmt_s as s, is_finite
-from .report_data import (by_strategy_order, families, group, load, load_peer, order, peer_matches, peer_strategies,
+from .report_data import (by_strategy_order, efficiency, families, group, load, load_peer, order, peer_matches, peer_strategies,
                           rate_bits)
 
 LATENCY_INTRO = (
@@ -120,8 +120,10 @@ def select(rows, bench: str) -> list:
 
 def latency_tables(lat) -> list[str]:
     md = ["## Latency (one request at a time)", "", LATENCY_INTRO, ""]
-    for (model, batch, seq, P, rate), rs in group(lat, "model", "batch", "seq", "world_size", "rate").items():
-        head = f"### {model}, batch {batch}, seq {seq}, P={P}" + (f", rate {rate}" if rate else "")
+    for (model, batch, seq, P, rate, hosts), rs in group(lat, "model", "batch", "seq", "world_size", "rate",
+                                                         "hosts_label").items():
+        head = f"### {model}, batch {batch}, seq {seq}, P={P}" + (f", rate {rate}" if rate else "") + \
+            (f", {hosts}" if hosts else "")
         md += [head, "", md_table(
             ["strategy", "p50", "p90", "p99", "compute", "comm", "serial p50", "speedup",
              "vs original serial", "bus B/rank", "msgs/rank", "weights/rank", "max_abs_err", "cosine",
@@ -134,6 +136,11 @@ def latency_tables(lat) -> list[str]:
               f"{r.harness_ratio:.3f}" if r.harness_ratio else "-"]
              for r in by_strategy_order(rs)]), ""]
     return md
+
+
+def hosts_tag(hosts: str | None) -> str:
+    """A file-name part for a host class ('CPU quota 0.45' -> '-q0.45'), '' when unconfined."""
+    return "" if not hosts else "-q" + re.sub(r"[^0-9.,]", "", hosts).replace(",", "_")
 
 
 def rate_table(rs, model, batch, seq, P, peers=()) -> list[str]:
@@ -164,7 +171,9 @@ def rate_table(rs, model, batch, seq, P, peers=()) -> list[str]:
         by_label = {r.label: r for r in reversed(group_rs)}   # the first of a label, as listed
         wire_rows.append([rate] + [f"{r.wire / r.bus:.3f}" if r and r.bus and r.wire else "-"
                                    for r in map(by_label.get, labs)])
-    md = [f"### Latency vs bandwidth: {model}, batch {batch}, seq {seq}, P={P}", "", RATE_INTRO, ""]
+    hosts = rs[0].hosts_label
+    md = [f"### Latency vs bandwidth: {model}, batch {batch}, seq {seq}, P={P}" + (f", {hosts}" if hosts else ""),
+          "", RATE_INTRO, ""]
     for peer in peers:
         md += [f"`{peer['short_name']}` = {peer['name']}: {peer.get('source', '')}", ""]
         md += [f"- {claim}" for claim in peer.get("claims", [])] + ([""] if peer.get("claims") else [])
@@ -178,17 +187,20 @@ def latency_section(lat, out_dir: Path, name: str, peers) -> tuple[list[str], li
     md, written = latency_tables(lat), []
     rates = {r.rate for r in lat if r.rate_bit}
     if len(rates) >= 2:
-        for (model, batch, seq, P), rs in group(lat, "model", "batch", "seq", "world_size").items():
+        for (model, batch, seq, P, hosts), rs in group(lat, "model", "batch", "seq", "world_size",
+                                                       "hosts_label").items():
             if len({r.rate_bit for r in rs} - {None}) < 2:
                 continue
             md += rate_table(rs, model, batch, seq, P, peers)
-            path = out_dir / f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}.png".replace("/", "_")
-            if plots.plot_latency_vs_rate(rs, path, f"{model}, seq {seq}, batch {batch}, P={P}", peers):
+            path = out_dir / f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}{hosts_tag(hosts)}.png".replace("/", "_")
+            title = f"{model}, seq {seq}, batch {batch}, P={P}" + (f", {hosts}" if hosts else "")
+            if plots.plot_latency_vs_rate(rs, path, title, peers):
                 written.append(path)
                 md += [f"![latency vs bandwidth]({path.name})", ""]
             # Wire dtypes and overlap: per strategy one more plot, a line per configuration.
             for family, frs in families(rs).items():
-                path = out_dir / f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}-{family}.png".replace("/", "_")
+                path = out_dir / (f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}{hosts_tag(hosts)}-{family}.png"
+                                  .replace("/", "_"))
                 if plots.plot_latency_vs_rate(frs, path, f"{family}: wire dtype x overlap, {model}, seq {seq}, P={P}"):
                     written.append(path)
                     md += [f"![{family} latency vs bandwidth]({path.name})", ""]
@@ -207,24 +219,77 @@ def latency_section(lat, out_dir: Path, name: str, peers) -> tuple[list[str], li
     return md, written
 
 
+PREDICTION_INTRO = (
+    "Records made with `--profile` or `--strategies auto` carry the cost model's prediction of "
+    "their placement (bench.planner, from a bench.profile of the same hosts). Error = predicted / "
+    "measured p50 - 1; targets: median |error| <= 10%, worst <= 25%. A point's `auto:` record is "
+    "the planner's pick, run in its own job; `pick / best` compares it with the fastest placement "
+    "measured at that point (target <= 1.05).")
+
+
+def prediction_section(lat, out_dir: Path, name: str) -> tuple[list[str], list[Path]]:
+    from .validate import MEDIAN_TARGET, PICK_TARGET, WORST_TARGET, judge
+    items = [{"point": (r.model, r.batch, r.seq, r.rate or "-", len(r.plan_hosts or r.hostnames) or r.world_size,
+                        r.hosts_label or "-"),
+              "label": r.label, "measured": r.p50, "predicted": r.predicted_s, "dominant": r.predicted_dominant,
+              "pick": r.plan_label if r.label.startswith("auto:") else None, "rate": r.rate or "-"}
+             for r in lat if is_finite(r.p50)]
+    verdict = judge(items)
+    if not verdict["records"]:
+        return [], []
+    md = ["## Predicted against measured (the planner's cost model)", "", PREDICTION_INTRO, ""]
+    by_point: dict = {}
+    for row in verdict["rows"]:
+        by_point.setdefault(row["point"], []).append(row)
+    for (model, batch, seq, rate, hosts, quotas), rows in by_point.items():
+        md += [f"### {model}, batch {batch}, seq {seq}, {rate}, {hosts} hosts" + ("" if quotas == "-" else f", {quotas}"),
+               "", md_table(["placement", "measured p50", "predicted", "error", "predicted dominant term"],
+                            [[r["label"], s(r["measured"]), s(r["predicted"]), f"{100 * r['error']:+.1f}%",
+                              r["dominant"] or "-"] for r in rows]), ""]
+    md += [f"**{verdict['records']} predictions: median |error| {100 * verdict['median_abs_error']:.1f}% "
+           f"(target {100 * MEDIAN_TARGET:.0f}%), worst {100 * verdict['worst_abs_error']:.1f}% "
+           f"(target {100 * WORST_TARGET:.0f}%).**", ""]
+    if verdict["picks"]:
+        good = sum(p["within_target"] for p in verdict["picks"])
+        md += ["### The planner's pick against the best measured placement", "", md_table(
+            ["model", "batch", "seq", "rate", "hosts", "CPU quotas", "pick", "best measured", "pick / best",
+             f"within {100 * PICK_TARGET:.0f}%"],
+            [p["point"] + [p["pick"], p["best_measured"], f"{p['pick_over_best']:.3f}",
+                           "yes" if p["within_target"] else "NO"] for p in verdict["picks"]]), "",
+            f"**{good} of {len(verdict['picks'])} picks within {100 * PICK_TARGET:.0f}% of the best measured.**", ""]
+    path = out_dir / f"{name}-predicted-vs-measured.png"
+    plots.plot_predictions(verdict["rows"], path, "the cost model: predicted vs measured latency")
+    return md + [f"![predicted vs measured]({path.name})", ""], [path]
+
+
 def throughput_section(thr, out_dir: Path, name: str) -> tuple[list[str], list[Path]]:
     md = ["## Throughput and strong scaling (one launch, sub-communicators of P ranks)", "",
           "A fixed set of requests per forward set; throughput = requests / p50 time of the set; "
           "efficiency = T(1) / (P x T(P)) against the same strategy on one device.", ""]
     written = []
-    for (model, seq, req), rs in group(thr, "model", "seq", "requests").items():
+    for (model, seq, req, hosts), rs in group(thr, "model", "seq", "requests", "hosts_label").items():
         devices = sorted({r.devices for r in rs}, key=lambda v: (v is None, v or 0))
         cell = {(r.label, r.devices): r for r in reversed(rs)}   # the first of a cell, as listed
-        rows = []
+        rows, borrowed = [], False
         for lab in order(r.label for r in rs):
-            row = [lab] + ["-" if (r := cell.get((lab, P))) is None else
-                           f"{r.throughput_rps:.2f} req/s" + ("" if r.efficiency is None else f" (eff {r.efficiency:.2f})")
-                           for P in devices]
+            row = [lab]
+            for P in devices:
+                r = cell.get((lab, P))
+                if r is None:
+                    row.append("-")
+                    continue
+                eff, other_launch = efficiency(r, rs)
+                borrowed |= other_launch
+                row.append(f"{r.throughput_rps:.2f} req/s" + ("" if eff is None else
+                                                              f" (eff {eff:.2f}{'*' if other_launch else ''})"))
             rows.append(row + [fmt_err(worst(r.max_abs_err for r in rs if r.label == lab))])
-        md += [f"### {model}, {req} requests of seq {seq}", "",
+        md += [f"### {model}, {req} requests of seq {seq}" + (f", {hosts}" if hosts else ""), "",
                md_table(["strategy"] + [f"P={P}" for P in devices] + ["max_abs_err"], rows), ""]
-        path = out_dir / f"{name}-throughput-{model}-s{seq}-r{req}.png".replace("/", "_")
-        plots.plot_throughput(rs, path, f"{model}, {req} requests, seq {seq}")
+        if borrowed:
+            md += ["`*`: measured in a separate launch (e.g. P=3 with its own bp assignment); its efficiency "
+                   "is against the P=1 of the launch listed beside it, on the same hosts.", ""]
+        path = out_dir / f"{name}-throughput-{model}-s{seq}-r{req}{hosts_tag(hosts)}.png".replace("/", "_")
+        plots.plot_throughput(rs, path, f"{model}, {req} requests, seq {seq}" + (f", {hosts}" if hosts else ""))
         written.append(path)
         md += [f"![throughput vs devices]({path.name})", ""]
     return md, written
@@ -273,6 +338,8 @@ def write_report(rows, out_dir: Path, name: str, title: str | None, sources, pee
         md += ["## Notes", "", notes.strip(), ""]
     if lat:
         part, paths = latency_section(lat, out_dir, name, peers)
+        md, written = md + part, written + paths
+        part, paths = prediction_section(lat, out_dir, name)
         md, written = md + part, written + paths
     if thr:
         part, paths = throughput_section(thr, out_dir, name)

@@ -22,7 +22,7 @@ TRAFFIC_FIELDS = ("payload_bytes_per_rank", "bus_bytes_per_rank", "messages_per_
                   "expected_payload_bytes_per_rank", "expected_bus_bytes_per_rank",
                   "expected_messages_per_rank")
 
-TEXT, INT, NUM, TOTAL, SAMPLES, TEXTS = "text", "integer", "number", "total", "samples", "texts"
+TEXT, INT, NUM, TOTAL, SAMPLES, TEXTS, NUMS = "text", "integer", "number", "total", "samples", "texts", "numbers"
 # Row attribute <- dotted record field, kind. TOTAL: a {"total": n, ...} dict or a bare number.
 FIELDS = [
     ("bench", "bench", TEXT), ("strategy", "strategy", TEXT), ("label_", "label", TEXT),
@@ -46,10 +46,14 @@ FIELDS = [
     ("boundary", "boundary", TEXT), ("wire_dtype", "wire_dtype", TEXT), ("overlap_chunks", "overlap_chunks", INT),
     ("throughput_rps", "throughput_rps", NUM), ("efficiency", "efficiency", NUM),
     ("utc_time", "env.utc_time", TEXT), ("loadavg", "env.loadavg_1m", NUM),
-    ("hostnames", "env.hostnames", TEXTS), ("cpus", "env.cpus", INT),
+    ("hostnames", "env.hostnames", TEXTS), ("cpus", "env.cpus", INT), ("cpu_quotas", "env.cpu_quotas", NUMS),
+    ("predicted_s", "predicted_latency_s", NUM), ("predicted_dominant", "predicted.dominant", TEXT),
+    ("plan_label", "plan.label", TEXT), ("plan_hosts", "plan.of_hosts", TEXTS),
 ]
+# Tags that are bookkeeping, not a different point (bench.sweep's resume key).
+BOOKKEEPING_TAGS = ("sweep_point",)
 # Dicts whose members are looked up: each must be a dict (or absent/null) itself.
-CONTAINERS = ("latency_s", "serial_latency_s", "weights_bytes_per_rank", "env")
+CONTAINERS = ("latency_s", "serial_latency_s", "weights_bytes_per_rank", "env", "predicted", "plan", "tags")
 
 
 @dataclass(frozen=True)
@@ -100,12 +104,27 @@ class Row:
     loadavg: float | None = None
     hostnames: tuple = ()
     cpus: int | None = None
+    cpu_quotas: tuple = ()            # per rank, cores (emulated hosts); () when unconfined
+    predicted_s: float | None = None  # the cost model's latency for this placement (--profile / auto)
+    predicted_dominant: str | None = None
+    plan_label: str | None = None     # the planner's placement (auto runs)
+    plan_hosts: tuple = ()            # the hosts an auto run was planned over
+    tags: tuple = ()                  # ("key=value", ...) from --tag, bookkeeping tags left out
     env: dict = field(default_factory=dict)          # the record's env block, for the report header
     traffic: dict = field(default_factory=dict)      # {field or field.op: count}, compared exactly
 
     @property
     def label(self) -> str:
-        return self.label_ or self.strategy or "?"
+        base = self.label_ or self.strategy or "?"
+        return f"{base} [{' '.join(self.tags)}]" if self.tags else base
+
+    @property
+    def hosts_label(self) -> str | None:
+        """'CPU quota 0.45' or 'CPU quotas 0.2,0.3,0.45,0.45' (emulated hosts), else None."""
+        if not self.cpu_quotas:
+            return None
+        shown = ["-" if q is None else f"{q:g}" for q in self.cpu_quotas]
+        return f"CPU quota {shown[0]}" if len(set(shown)) == 1 else "CPU quotas " + ",".join(shown)
 
     @property
     def rate_bit(self) -> int | None:
@@ -115,7 +134,7 @@ class Row:
     def key(self) -> tuple:
         """What makes two records the same point."""
         return (self.bench, self.label, self.model, self.world_size, self.batch, self.seq, self.n_blocks,
-                self.n_div, self.rate, self.requests, self.threads)
+                self.n_div, self.rate, self.requests, self.threads, self.cpu_quotas)
 
 
 def rate_bits(rate) -> int | None:
@@ -148,6 +167,8 @@ def _row(origin: str, record: dict) -> Row:
         value = records.lookup(record, dotted)
         if value is not None:
             values[attr] = _convert(origin, dotted, value, kind)
+    tags = record.get("tags") or {}
+    values["tags"] = tuple(f"{k}={v}" for k, v in tags.items() if k not in BOOKKEEPING_TAGS)
     return Row(origin=origin, env=record.get("env") or {}, traffic=_traffic(origin, record), **values)
 
 
@@ -158,6 +179,11 @@ def _convert(origin: str, dotted: str, value, kind: str):
         return value
     if kind == TEXTS and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
+    if kind == NUMS and isinstance(value, list):
+        if all(v is None for v in value):
+            return ()
+        if all(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value):
+            return tuple(None if v is None else float(v) for v in value)     # None: that host unconfined
     try:
         if kind == NUM:
             return records.number(value)
@@ -169,6 +195,7 @@ def _convert(origin: str, dotted: str, value, kind: str):
         pass
     raise _bad(origin, dotted, value, {TEXT: "text", INT: "an integer", TEXTS: "a list of text",
                                        NUM: "a number", TOTAL: "a number or {\"total\": number}",
+                                       NUMS: "a list of numbers",
                                        SAMPLES: "a list of numbers"}[kind])
 
 
@@ -215,6 +242,17 @@ def group(rows, *attrs) -> "OrderedDict[tuple, list]":
     for row in rows:
         out.setdefault(tuple(getattr(row, a) for a in attrs), []).append(row)
     return out
+
+
+def efficiency(row: Row, rows: list[Row]) -> tuple[float | None, bool]:
+    """(strong-scaling efficiency, borrowed): the record's own, or, for a device count measured in
+    a separate launch (no P=1 in it), throughput / (P x the same strategy's P=1 in `rows`)."""
+    if row.efficiency is not None or not row.devices:
+        return row.efficiency, False
+    one = next((r for r in rows if r.label == row.label and r.devices == 1 and r.throughput_rps), None)
+    if one is None or row.throughput_rps is None:
+        return None, False
+    return row.throughput_rps / (row.devices * one.throughput_rps), True
 
 
 def by_strategy_order(rows: list[Row]) -> list[Row]:

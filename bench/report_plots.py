@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .records import is_finite
-from .report_data import none_last, order, peer_matches, peer_series
+from .report_data import efficiency, none_last, order, peer_matches, peer_series
 
 COLORS = {"serial": "#555555", "dp": "#1f77b4", "pp": "#ff7f0e", "tp": "#d62728", "sp": "#9467bd",
           "bp": "#2ca02c", "bp(replicate)": "#2ca02c", "bp(tp)": "#17becf"}
@@ -126,7 +126,7 @@ def plot_throughput(thr, path: Path, title: str) -> None:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2))
     for lab in order(r.label for r in thr):
-        pts = sorted(((r.devices, r.throughput_rps, r.efficiency) for r in thr
+        pts = sorted(((r.devices, r.throughput_rps, efficiency(r, thr)[0]) for r in thr
                       if r.label == lab and is_finite(r.throughput_rps)), key=lambda p: none_last(p[0]))
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=lab, color=COLORS.get(lab))
         eff = [(p[0], p[2]) for p in pts if is_finite(p[2])]
@@ -143,7 +143,7 @@ def plot_throughput(thr, path: Path, title: str) -> None:
     ax2.set_xlabel("devices P")
     ax2.set_ylabel("efficiency T(1) / (P T(P))")
     ax2.set_xticks(devices)
-    effs = [r.efficiency for r in thr if is_finite(r.efficiency)]
+    effs = [e for e in (efficiency(r, thr)[0] for r in thr) if is_finite(e)]
     ax2.set_ylim(0, max([1.15] + [1.1 * e for e in effs]))
     ax2.grid(True, alpha=0.3)
     ax2.set_title("strong-scaling efficiency")
@@ -179,5 +179,34 @@ def plot_bytes(rows, path: Path, title: str) -> None:
     ax.set_title(title)
     ax.grid(True, axis="y", which="both", alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    _save(plt, fig, path)
+
+
+def plot_predictions(items, path: Path, title: str) -> None:
+    """Predicted against measured p50 (log-log), one marker per placement, colour by link rate;
+    the diagonal and the +-10% and +-25% bands (the cost model's targets)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.2, 5.4))
+    rates = sorted({i["rate"] for i in items}, key=lambda r: (len(r), r))
+    cmap = plt.get_cmap("viridis", max(len(rates), 2))
+    for k, rate in enumerate(rates):
+        pts = [(i["measured"], i["predicted"]) for i in items if i["rate"] == rate]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=28, color=cmap(k), label=f"{rate}", alpha=0.85)
+    values = [v for i in items for v in (i["measured"], i["predicted"])]
+    lo, hi = min(values) / 1.3, max(values) * 1.3
+    ax.plot([lo, hi], [lo, hi], color="#333333", lw=1)
+    for band, style in ((0.10, "--"), (0.25, ":")):
+        for f in (1 + band, 1 - band):
+            ax.plot([lo, hi], [lo * f, hi * f], style, color="#888888", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured p50 latency (s)")
+    ax.set_ylabel("predicted latency (s)")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(title="link rate", fontsize=8)
+    ax.set_title(title + "\n(dashed: +-10%, dotted: +-25%)", fontsize=10)
     fig.tight_layout()
     _save(plt, fig, path)

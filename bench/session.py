@@ -94,11 +94,14 @@ class Session:
         if problem:
             raise UsageError(problem)
         self.iface = network.wire_iface()
-        local = {**records.local_env(), "host": processor_name(), "network": network.describe_network(self.iface)}
+        local = {**records.local_env(), "host": processor_name(), "network": network.describe_network(self.iface),
+                 "cpu_quota": records.cpu_quota_env()}
         everyone = self.comm.allgather_object(local) if collective else [local]
         first = everyone[0]
         self.env = {**{k: first[k] for k in ("python", "torch", "threads", "cpu_model", "cpus", "git_commit")},
                     "hostnames": [e["host"] for e in everyone], **mpi_versions(), "wait": self.comm.wait}
+        if any(e["cpu_quota"] is not None for e in everyone):     # an emulated host's device speed
+            self.env["cpu_quotas"] = [e["cpu_quota"] for e in everyone]
         nets = [e["network"] for e in everyone]
         # One entry per rank (rank r's host and the shaping on its interface), None if no rank knows.
         self.network = None if all(n is None for n in nets) else \

@@ -27,7 +27,42 @@ def point_of(rec: dict) -> tuple:
     rate = rec.get("rate") or "-"
     # An auto run may use only some hosts: its point is the hosts it was planned over.
     hosts = (rec.get("plan") or {}).get("of_hosts") or (rec.get("env") or {}).get("hostnames") or ()
-    return rec.get("model"), rec.get("batch"), rec.get("seq"), rate, len(hosts) or rec.get("world_size")
+    quotas = (rec.get("env") or {}).get("cpu_quotas") or ()
+    return (rec.get("model"), rec.get("batch"), rec.get("seq"), rate, len(hosts) or rec.get("world_size"),
+            ",".join("-" if q is None else f"{q:g}" for q in quotas) or "-")
+
+
+def judge(items) -> dict:
+    """Predictions against measurements. `items`: dicts with point, label, measured (p50 s),
+    predicted (s or None), dominant, pick (the planner's placement, for an auto run) ->
+    {"rows", "median_abs_error", "worst_abs_error", "picks"}; bench.report shows the same."""
+    rows, points = [], {}
+    for item in items:
+        points.setdefault(item["point"], []).append(item)
+        if item["predicted"] is not None:
+            rows.append({**item, "error": item["predicted"] / item["measured"] - 1})
+    errors = [abs(r["error"]) for r in rows]
+    picks = []
+    for point, group in points.items():
+        auto = [i for i in group if i["pick"]]
+        others = [i for i in group if not i["pick"]]
+        if auto and others:
+            best = min(others, key=lambda i: i["measured"])
+            ratio = auto[-1]["measured"] / best["measured"]
+            picks.append({"point": list(point), "pick": auto[-1]["pick"], "best_measured": best["label"],
+                          "pick_over_best": ratio, "within_target": ratio <= 1 + PICK_TARGET})
+    return {"rows": rows, "records": len(errors), "picks": picks,
+            "median_abs_error": statistics.median(errors) if errors else None,
+            "worst_abs_error": max(errors) if errors else None}
+
+
+def item_of(rec: dict) -> dict:
+    auto = str(rec.get("label", "")).startswith("auto:")
+    return {"point": point_of(rec), "label": rec.get("label"), "measured": rec["latency_s"]["p50"],
+            "predicted": rec.get("predicted_latency_s"), "dominant": (rec.get("predicted") or {}).get("dominant"),
+            "pick": (rec.get("plan") or {}).get("label") if auto else None,
+            "rate": rec.get("rate") or "-", "world_size": rec.get("world_size"),
+            "shape": f"{rec.get('batch')}x{rec.get('seq')}"}
 
 
 def predict_all(recs: list[dict], path: str) -> None:
@@ -64,42 +99,27 @@ def main(argv=None) -> int:
     if args.profile:
         predict_all(recs, args.profile)
     from tabulate import tabulate
-    rows, errors, points = [], [], {}
-    for rec in recs:
-        measured = rec["latency_s"]["p50"]
-        points.setdefault(point_of(rec), []).append(rec)
-        if rec.get("predicted_latency_s") is None:
-            continue
-        error = rec["predicted_latency_s"] / measured - 1
-        errors.append(abs(error))
-        rows.append([rec.get("label"), rec.get("rate") or "-", rec.get("world_size"), f"{rec.get('batch')}x{rec.get('seq')}",
-                     fmt_ms(measured), fmt_ms(rec["predicted_latency_s"]), f"{100 * error:+.1f}%",
-                     (rec.get("predicted") or {}).get("dominant", "-")])
-    if not errors:
+    verdict = judge(item_of(rec) for rec in recs)
+    if not verdict["records"]:
         raise cli.UsageError("no record carries predicted_latency_s: run the drivers with --profile or "
                              "--strategies auto")
-    print(tabulate(rows, headers=["placement", "rate", "P", "shape", "measured p50", "predicted", "error",
-                                  "predicted dominant"], tablefmt="github", disable_numparse=True))
-    summary = {"records": len(errors), "median_abs_error": statistics.median(errors), "worst_abs_error": max(errors)}
-    print(f"\n{len(errors)} predictions: median |error| {100 * summary['median_abs_error']:.1f}% "
-          f"(target {100 * MEDIAN_TARGET:.0f}%), worst {100 * summary['worst_abs_error']:.1f}% "
+    print(tabulate([[r["label"], r["rate"], r["world_size"], r["shape"], fmt_ms(r["measured"]),
+                     fmt_ms(r["predicted"]), f"{100 * r['error']:+.1f}%", r["dominant"] or "-"]
+                    for r in verdict["rows"]],
+                   headers=["placement", "rate", "P", "shape", "measured p50", "predicted", "error",
+                            "predicted dominant"], tablefmt="github", disable_numparse=True))
+    print(f"\n{verdict['records']} predictions: median |error| {100 * verdict['median_abs_error']:.1f}% "
+          f"(target {100 * MEDIAN_TARGET:.0f}%), worst {100 * verdict['worst_abs_error']:.1f}% "
           f"(target {100 * WORST_TARGET:.0f}%)")
-    picks = []
-    for point, group in points.items():
-        auto = [r for r in group if str(r.get("label", "")).startswith("auto:")]
-        others = [r for r in group if not str(r.get("label", "")).startswith("auto:")]
-        if auto and others:
-            best = min(others, key=lambda r: r["latency_s"]["p50"])
-            ratio = auto[-1]["latency_s"]["p50"] / best["latency_s"]["p50"]
-            picks.append({"point": list(point), "pick": auto[-1]["plan"]["label"], "best_measured": best["label"],
-                          "pick_over_best": ratio, "within_target": ratio <= 1 + PICK_TARGET})
+    picks = verdict["picks"]
     if picks:
         print()
         print(tabulate([[" ".join(map(str, p["point"])), p["pick"], p["best_measured"], f"{p['pick_over_best']:.3f}",
                          "yes" if p["within_target"] else "NO"] for p in picks],
-                       headers=["point (model batch seq rate hosts)", "planner's pick", "best measured",
+                       headers=["point (model batch seq rate hosts quotas)", "planner's pick", "best measured",
                                 "pick/best", f"within {100 * PICK_TARGET:.0f}%"], tablefmt="github",
                        disable_numparse=True))
+    summary = {k: verdict[k] for k in ("records", "median_abs_error", "worst_abs_error")}
     summary["picks"] = picks
     if args.out:
         with open(args.out, "w") as handle:

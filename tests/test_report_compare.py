@@ -374,3 +374,37 @@ def test_compare_rejects_nonfinite_options(option, value, fixture_file):
     """Defect 8: nan and inf were accepted for --threshold, --spread-factor and --tol."""
     with pytest.raises(UsageError, match=f"argument {option}: expected a finite number from 0 to inf"):
         compare.main([str(fixture_file), str(fixture_file), f"{option}={value}"])
+
+
+def test_report_predictions_host_classes_and_tagged_arms(tmp_path):
+    """Predicted vs measured with the median/worst verdict and the pick check; hosts at other
+    CPU quotas and --tag arms are points of their own; a P measured in a separate launch gets
+    its efficiency against the P=1 beside it."""
+    def on(rec, quotas, predicted=None, tags=None):
+        rec["env"] = {**rec["env"], "cpu_quotas": quotas}
+        if predicted is not None:
+            rec.update(predicted_latency_s=predicted, predicted={"dominant": "communication"})
+        if tags:
+            rec["tags"] = tags
+        return rec
+    equal, unequal = [0.45] * 2, [0.2, 0.45]
+    recs = [on(lat("tp", 2, 1.0, rate="100mbit"), equal, 1.05), on(lat("bp", 2, 0.5, rate="100mbit"), equal, 0.6),
+            on(lat("tp", 2, 2.0, rate="100mbit"), unequal, 2.1),          # another host class: not a duplicate
+            on(lat("bp", 2, 0.8, rate="100mbit"), unequal, tags={"arm": "even", "sweep_point": "x"}),
+            on(lat("bp", 2, 0.6, rate="100mbit"), unequal, tags={"arm": "planner"})]
+    auto = on(lat("bp", 2, 0.51, rate="100mbit", label="auto:bp(replicate)"), equal, 0.55)
+    auto["plan"] = {"label": "bp(replicate) on h0,h1", "of_hosts": ["h0", "h1"]}
+    recs.append(auto)
+    recs += [on(thr("tp", 1, 1.0, 1.0), [0.2] * 4), on(thr("tp", 2, 1.8, 0.9), [0.2] * 4),
+             on(thr("tp", 3, 2.4, None), [0.2] * 3)]                   # P=3 from its own launch
+    path = tmp_path / "r.jsonl"
+    for r in recs:
+        append_jsonl(path, r)
+    report.main([str(path), "--name", "p", "--out-dir", str(tmp_path), "--quiet"])
+    md = (tmp_path / "p.md").read_text()
+    assert "CPU quota 0.45" in md and "CPU quotas 0.2,0.45" in md
+    assert "bp [arm=even]" in md and "bp [arm=planner]" in md and "sweep_point" not in md
+    assert "4 predictions: median |error| 6.4%" in md          # +5%, +20%, +7.8%, +5%
+    assert "worst 20.0%" in md and "1 of 1 picks within 5%" in md
+    assert "2.40 req/s (eff 0.80*)" in md                      # 2.4 / (3 x 1.0)
+    assert (tmp_path / "p-predicted-vs-measured.png").stat().st_size > 0
