@@ -17,7 +17,9 @@ Tasks (fixed seeded splits, bench/textdata.py; texts cut at --seq tokens):
             (pairs; also question/sentence, text_a/text_b, premise/hypothesis): the probe,
             pairs encoded as [CLS] a [SEP] b [SEP] with token types 0/1.
 The linear probe is a multinomial logistic regression on standardised features (AdamW,
-300 full-batch steps from a seeded init, weight decay 1e-3). A decoupled model's
+300 full-batch steps from a seeded init, weight decay 1e-3). `probe_cv` is the same read-out
+fitted to convergence (L-BFGS) with its L2 strength chosen from 1e-4..1e-1 by 3-fold
+cross-validation on the train split (the seed draws the folds; record field probe_l2). A decoupled model's
 `cosine_agreement` is the mean cosine between its mean-pooled embeddings and the
 original's (config.json `decoupled_from`, else --original) on each task's test texts.
 One JSONL record per (model, task, method, seed) is appended to --out; a table is printed.
@@ -176,6 +178,53 @@ def probe(train_x, train_y, test_x, test_y, classes: int, seed: int, steps: int 
         return float((head(b).argmax(1) == test_y).float().mean())
 
 
+PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)    # the cross-validated probe's grid of L2 strengths
+PROBE_FOLDS = 3
+
+
+def fit_logistic(x, y, classes: int, l2: float, iters: int = 200) -> torch.nn.Linear:
+    """Multinomial logistic regression, mean cross-entropy + l2/2 |W|^2, fitted to convergence
+    by full-batch L-BFGS from zero weights (deterministic: no seed needed)."""
+    head = torch.nn.Linear(x.shape[1], classes)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    opt = torch.optim.LBFGS(head.parameters(), lr=1, max_iter=iters, history_size=20,
+                            tolerance_grad=1e-6, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(head(x), y) + 0.5 * l2 * head.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return head
+
+
+def probe_cv(train_x, train_y, test_x, test_y, classes: int, seed: int) -> tuple[float, float]:
+    """(test accuracy, chosen L2) of a logistic regression on standardised features whose L2
+    strength is chosen from PROBE_L2 by PROBE_FOLDS-fold cross-validation on the train split
+    (folds drawn with `seed`; ties go to the stronger L2), then refitted on the whole train split.
+    Unlike `probe` (a fixed AdamW budget that ends nearly unregularised), it asks only how well
+    a linear read-out can separate the classes, not how fast it gets there."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    folds = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed)).chunk(PROBE_FOLDS)
+    best = None
+    for l2 in PROBE_L2:
+        correct = 0
+        for k, held in enumerate(folds):
+            kept = torch.cat([f for j, f in enumerate(folds) if j != k])
+            head = fit_logistic(a[kept], train_y[kept], classes, l2)
+            with torch.no_grad():
+                correct += int((head(a[held]).argmax(1) == train_y[held]).sum())
+        if best is None or correct >= best[0]:
+            best = (correct, l2)
+    head = fit_logistic(a, train_y, classes, best[1])
+    with torch.no_grad():
+        return float((head(b).argmax(1) == test_y).float().mean()), best[1]
+
+
 def finetune(enc: Encoder, train, test, classes: int, seed: int, epochs: int, batch: int = 32) -> float:
     """Accuracy after training the last layer + a linear head on the frozen layers' output."""
     (train_below, train_mask, train_y), (test_below, test_mask, test_y) = train, test
@@ -285,12 +334,15 @@ def main(argv=None) -> int:
             train_y, test_y = labels_of(task, task.train), labels_of(task, task.test)
             for seed in args.seeds:
                 results = {"probe": probe(train_x, train_y, test_x, test_y, len(task.classes), seed)}
+                results["probe_cv"], l2 = probe_cv(train_x, train_y, test_x, test_y, len(task.classes), seed)
                 if below:
                     results["finetune"] = finetune(enc, (train_below, train_mask, train_y),
                                                    (test_below, test_mask, test_y), len(task.classes), seed,
                                                    args.finetune_epochs)
                 for method, accuracy in results.items():
                     record = make_record(args, enc, task, method, seed, accuracy, agreement, ref_folder)
+                    if method == "probe_cv":
+                        record["probe_l2"] = l2
                     records.append_jsonl(args.out, records.clean(record))
                     rows.append(record)
     print_table(args, rows)

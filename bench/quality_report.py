@@ -21,8 +21,9 @@ from . import records
 from .cli import ArgumentParser, run
 from .textdata import CORPORA
 
-COLUMNS = [("bbc", "probe", "BBC probe"), ("bbc", "finetune", "BBC fine-tune"), ("fortunes", "probe", "fortunes probe")]
-ACCEPT = {"bbc": 1.0, "fortunes": 2.0}  # points below the original allowed (issue 13)
+COLUMNS = [("bbc", "probe", "BBC probe"), ("bbc", "probe_cv", "BBC probe (CV)"), ("bbc", "finetune", "BBC fine-tune"),
+           ("fortunes", "probe", "fortunes probe"), ("fortunes", "probe_cv", "fortunes probe (CV)")]
+ACCEPT = {"bbc": 1.0, "fortunes": 2.0}  # points either side of the original (issue 13)
 
 
 def parse_args(argv=None):
@@ -122,14 +123,19 @@ def accuracy_table(summary: dict, distillations: dict) -> tuple[list[str], list[
 
 
 def acceptance(moves: list[dict]) -> list[str]:
+    """Per decoupled shape and probe: the change against the original, judged two-sided (the
+    issue's "within N points"), and which way it leaves the band when it does."""
     out = []
     for m in moves:
         verdicts = []
         for task, allowed in ACCEPT.items():
-            change = m["changes"].get((task, "probe"))
-            if change is not None:
-                verdicts.append(f"{task} probe {change:+.2f} points ({'within' if change >= -allowed else 'OUTSIDE'} "
-                                f"-{allowed:g})")
+            for method in ("probe", "probe_cv"):
+                change = m["changes"].get((task, method))
+                if change is None:
+                    continue
+                verdict = (f"within +-{allowed:g}" if abs(change) <= allowed else
+                           f"a GAIN beyond +{allowed:g}" if change > 0 else f"a LOSS beyond -{allowed:g}")
+                verdicts.append(f"{task} {method} {change:+.2f} points ({verdict})")
         out.append(f"- {m['label']}: " + "; ".join(verdicts))
     return out
 

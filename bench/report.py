@@ -228,9 +228,10 @@ PREDICTION_INTRO = (
 
 
 def prediction_section(lat, out_dir: Path, name: str) -> tuple[list[str], list[Path]]:
-    from .validate import MEDIAN_TARGET, PICK_TARGET, WORST_TARGET, judge
-    items = [{"point": (r.model, r.batch, r.seq, r.rate or "-", len(r.plan_hosts or r.hostnames) or r.world_size,
-                        r.hosts_label or "-"),
+    from .validate import MEDIAN_TARGET, PICK_TARGET, WORST_TARGET, judge, point_key
+    items = [{"point": point_key(r.model, r.batch, r.seq, r.rate, len(r.plan_hosts or r.hostnames) or r.world_size,
+                                 r.cpu_quotas, r.env.get("argv") or ()),
+              "hosts": r.hosts_label,
               "label": r.label, "measured": r.p50, "predicted": r.predicted_s, "dominant": r.predicted_dominant,
               "pick": r.plan_label if r.label.startswith("auto:") else None, "rate": r.rate or "-"}
              for r in lat if is_finite(r.p50)]
@@ -241,8 +242,10 @@ def prediction_section(lat, out_dir: Path, name: str) -> tuple[list[str], list[P
     by_point: dict = {}
     for row in verdict["rows"]:
         by_point.setdefault(row["point"], []).append(row)
-    for (model, batch, seq, rate, hosts, quotas), rows in by_point.items():
-        md += [f"### {model}, batch {batch}, seq {seq}, {rate}, {hosts} hosts" + ("" if quotas == "-" else f", {quotas}"),
+    for (model, batch, seq, rate, hosts, hosts_id), rows in by_point.items():
+        quotas = sorted({r["hosts"] for r in rows if r["hosts"]})
+        md += [f"### {model}, batch {batch}, seq {seq}, {rate}, {hosts} hosts" + "".join(f", {q}" for q in quotas)
+               + ("" if hosts_id == "-" or not hosts_id.startswith("profile") else f" ({hosts_id})"),
                "", md_table(["placement", "measured p50", "predicted", "error", "predicted dominant term"],
                             [[r["label"], s(r["measured"]), s(r["predicted"]), f"{100 * r['error']:+.1f}%",
                               r["dominant"] or "-"] for r in rows]), ""]
@@ -252,7 +255,7 @@ def prediction_section(lat, out_dir: Path, name: str) -> tuple[list[str], list[P
     if verdict["picks"]:
         good = sum(p["within_target"] for p in verdict["picks"])
         md += ["### The planner's pick against the best measured placement", "", md_table(
-            ["model", "batch", "seq", "rate", "hosts", "CPU quotas", "pick", "best measured", "pick / best",
+            ["model", "batch", "seq", "rate", "hosts", "profile or CPU quotas", "pick", "best measured", "pick / best",
              f"within {100 * PICK_TARGET:.0f}%"],
             [p["point"] + [p["pick"], p["best_measured"], f"{p['pick_over_best']:.3f}",
                            "yes" if p["within_target"] else "NO"] for p in verdict["picks"]]), "",

@@ -24,12 +24,24 @@ MEDIAN_TARGET, WORST_TARGET, PICK_TARGET = 0.10, 0.25, 0.05
 
 
 def point_of(rec: dict) -> tuple:
-    rate = rec.get("rate") or "-"
+    env = rec.get("env") or {}
     # An auto run may use only some hosts: its point is the hosts it was planned over.
-    hosts = (rec.get("plan") or {}).get("of_hosts") or (rec.get("env") or {}).get("hostnames") or ()
-    quotas = (rec.get("env") or {}).get("cpu_quotas") or ()
-    return (rec.get("model"), rec.get("batch"), rec.get("seq"), rate, len(hosts) or rec.get("world_size"),
-            ",".join("-" if q is None else f"{q:g}" for q in quotas) or "-")
+    hosts = (rec.get("plan") or {}).get("of_hosts") or env.get("hostnames") or ()
+    return point_key(rec.get("model"), rec.get("batch"), rec.get("seq"), rec.get("rate"),
+                     len(hosts) or rec.get("world_size"), env.get("cpu_quotas") or (), env.get("argv") or ())
+
+
+def point_key(model, batch, seq, rate, hosts: int, quotas, argv) -> tuple:
+    """What makes records comparable for the pick check: the model, the shape, the link rate
+    and the hosts. Records predicted from one profile (`--profile P` in their command line)
+    are of the same hosts, whatever subset of them an auto run used; otherwise the hosts are
+    told apart by their number and CPU quotas."""
+    argv = list(argv)
+    if "--profile" in argv[:-1]:
+        hosts_id = "profile " + argv[argv.index("--profile") + 1]
+    else:
+        hosts_id = ",".join("-" if q is None else f"{q:g}" for q in quotas) or "-"
+    return model, batch, seq, rate or "-", hosts, hosts_id
 
 
 def judge(items) -> dict:
@@ -116,7 +128,7 @@ def main(argv=None) -> int:
         print()
         print(tabulate([[" ".join(map(str, p["point"])), p["pick"], p["best_measured"], f"{p['pick_over_best']:.3f}",
                          "yes" if p["within_target"] else "NO"] for p in picks],
-                       headers=["point (model batch seq rate hosts quotas)", "planner's pick", "best measured",
+                       headers=["point (model batch seq rate hosts, profile or CPU quotas)", "planner's pick", "best measured",
                                 "pick/best", f"within {100 * PICK_TARGET:.0f}%"], tablefmt="github",
                        disable_numparse=True))
     summary = {k: verdict[k] for k in ("records", "median_abs_error", "worst_abs_error")}

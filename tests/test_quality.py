@@ -107,6 +107,19 @@ def test_probe_separates_separable_classes():
     y = torch.arange(200) % 4
     x = centres[y] + torch.randn(200, 16, generator=gen)
     assert Q.probe(x[:150], y[:150], x[150:], y[150:], 4, seed=0) == 1.0
+    accuracy, l2 = Q.probe_cv(x[:150], y[:150], x[150:], y[150:], 4, seed=0)
+    assert accuracy == 1.0 and l2 == max(Q.PROBE_L2)       # separable: ties go to the strongest L2
+    assert Q.probe_cv(x[:150], y[:150], x[150:], y[150:], 4, seed=0) == (accuracy, l2)   # deterministic
+
+
+def test_cross_validated_probe_regularises_noise_features():
+    """With few examples and many pure-noise features, the chosen L2 is not the weakest one."""
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(120) % 3
+    x = torch.cat([torch.nn.functional.one_hot(y, 3).float() * 0.8, torch.randn(120, 200, generator=gen)], 1)
+    x[:, :3] += torch.randn(120, 3, generator=gen)
+    accuracy, l2 = Q.probe_cv(x[:90], y[:90], x[90:], y[90:], 3, seed=0)
+    assert l2 > min(Q.PROBE_L2) and accuracy > 0.5
 
 
 def test_pair_task_end_to_end_on_real_minilm_and_decoupled(capsys, minilm_dir, tmp_path):
@@ -156,6 +169,6 @@ def test_report_from_records(tmp_path):
                    "--out-dir", str(tmp_path / "reports")]) == 0
     text = (tmp_path / "reports" / "q.md").read_text()
     assert "| dec-s0 | 3 | 2 | 95.00 (94.50-95.50, n=2) |" in text
-    assert "bbc probe -0.50 points (within -1)" in text and "CPU 2-2 s per run" in text
+    assert "bbc probe -0.50 points (within +-1)" in text and "CPU 2-2 s per run" in text
     assert (tmp_path / "reports" / "q-distillation.png").stat().st_size > 1000
     assert (tmp_path / "reports" / "q-accuracy.png").stat().st_size > 1000
