@@ -270,7 +270,7 @@ def throughput_section(thr, out_dir: Path, name: str) -> tuple[list[str], list[P
           "A fixed set of requests per forward set; throughput = requests / p50 time of the set; "
           "efficiency = T(1) / (P x T(P)) against the same strategy on one device.", ""]
     written = []
-    for (model, seq, req, hosts), rs in group(thr, "model", "seq", "requests", "hosts_label").items():
+    for (model, seq, req, rate, hosts), rs in group(thr, "model", "seq", "requests", "rate", "hosts_label").items():
         devices = sorted({r.devices for r in rs}, key=lambda v: (v is None, v or 0))
         cell = {(r.label, r.devices): r for r in reversed(rs)}   # the first of a cell, as listed
         rows, borrowed = [], False
@@ -286,13 +286,15 @@ def throughput_section(thr, out_dir: Path, name: str) -> tuple[list[str], list[P
                 row.append(f"{r.throughput_rps:.2f} req/s" + ("" if eff is None else
                                                               f" (eff {eff:.2f}{'*' if other_launch else ''})"))
             rows.append(row + [fmt_err(worst(r.max_abs_err for r in rs if r.label == lab))])
-        md += [f"### {model}, {req} requests of seq {seq}" + (f", {hosts}" if hosts else ""), "",
+        where = "".join(f", {x}" for x in (rate, hosts) if x)
+        md += [f"### {model}, {req} requests of seq {seq}{where}", "",
                md_table(["strategy"] + [f"P={P}" for P in devices] + ["max_abs_err"], rows), ""]
         if borrowed:
             md += ["`*`: measured in a separate launch (e.g. P=3 with its own bp assignment); its efficiency "
                    "is against the P=1 of the launch listed beside it, on the same hosts.", ""]
-        path = out_dir / f"{name}-throughput-{model}-s{seq}-r{req}{hosts_tag(hosts)}.png".replace("/", "_")
-        plots.plot_throughput(rs, path, f"{model}, {req} requests, seq {seq}" + (f", {hosts}" if hosts else ""))
+        path = out_dir / (f"{name}-throughput-{model}-s{seq}-r{req}" + (f"-{rate}" if rate else "")
+                          + f"{hosts_tag(hosts)}.png").replace("/", "_")
+        plots.plot_throughput(rs, path, f"{model}, {req} requests, seq {seq}{where}")
         written.append(path)
         md += [f"![throughput vs devices]({path.name})", ""]
     return md, written

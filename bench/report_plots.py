@@ -12,7 +12,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from .records import is_finite
-from .report_data import efficiency, none_last, order, peer_matches, peer_series
+from .report_data import efficiency, none_last, order, peer_matches, peer_series, rate_bits
 
 COLORS = {"serial": "#555555", "dp": "#1f77b4", "pp": "#ff7f0e", "tp": "#d62728", "sp": "#9467bd",
           "bp": "#2ca02c", "bp(replicate)": "#2ca02c", "bp(tp)": "#17becf"}
@@ -188,7 +188,7 @@ def plot_predictions(items, path: Path, title: str) -> None:
     the diagonal and the +-10% and +-25% bands (the cost model's targets)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.2, 5.4))
-    rates = sorted({i["rate"] for i in items}, key=lambda r: (len(r), r))
+    rates = sorted({i["rate"] for i in items}, key=lambda r: none_last(rate_bits(r)))
     cmap = plt.get_cmap("viridis", max(len(rates), 2))
     for k, rate in enumerate(rates):
         pts = [(i["measured"], i["predicted"]) for i in items if i["rate"] == rate]
