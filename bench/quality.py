@@ -18,7 +18,7 @@ Tasks (fixed seeded splits, bench/textdata.py; texts cut at --seq tokens):
             pairs encoded as [CLS] a [SEP] b [SEP] with token types 0/1.
 The linear probe is a multinomial logistic regression on standardised features (AdamW,
 300 full-batch steps from a seeded init, weight decay 1e-3). `probe_cv` is the same read-out
-fitted to convergence (L-BFGS) with its L2 strength chosen from 1e-4..1e-1 by 3-fold
+fitted to convergence (L-BFGS) with its L2 strength chosen from 1e-3..10 by 3-fold
 cross-validation on the train split (the seed draws the folds; record field probe_l2). A decoupled model's
 `cosine_agreement` is the mean cosine between its mean-pooled embeddings and the
 original's (config.json `decoupled_from`, else --original) on each task's test texts.
@@ -178,7 +178,7 @@ def probe(train_x, train_y, test_x, test_y, classes: int, seed: int, steps: int 
         return float((head(b).argmax(1) == test_y).float().mean())
 
 
-PROBE_L2 = (1e-4, 1e-3, 1e-2, 1e-1)    # the cross-validated probe's grid of L2 strengths
+PROBE_L2 = (1e-3, 1e-2, 1e-1, 1.0, 10.0)   # the cross-validated probe's grid of L2 strengths
 PROBE_FOLDS = 3
 
 
