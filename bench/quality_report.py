@@ -228,7 +228,8 @@ def main(argv=None) -> int:
         except OSError as err:
             raise UsageError(f"--notes {args.notes}: {err.strerror or err}") from None
     text += ["## Accuracy, original vs decoupled", "", *table, "",
-            "Acceptance (issue 13: BBC within 1 point, fortunes within 2 points of the original, probe, mean of seeds):",
+            "Acceptance (issue 13: BBC within 1 point, fortunes within 2 points of the original, either side; "
+            "mean over seeds; `probe`: the fixed AdamW budget, `probe_cv`: L2 chosen by cross-validation):",
             "", *acceptance(moves), ""]
     if moves:
         text += [f"![accuracy change]({bars.name})", ""]

@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -136,10 +137,10 @@ MAX_CORRECTION = 1.25
 
 def corrected_quota(target: float, quota: float, achieved: list[float], cores: int) -> tuple[float, str | None]:
     """One correction step: (quota x target / median(achieved), None), or (quota, why not)."""
-    rates = sorted(a for a in achieved if a > 0)
+    rates = [a for a in achieved if a > 0]
     if not rates:
         return quota, "no host could be measured"
-    median = rates[len(rates) // 2] if len(rates) % 2 else (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]) / 2
+    median = statistics.median(rates)
     factor = target / median
     if not 1 / MAX_CORRECTION <= factor <= MAX_CORRECTION:
         return quota, (f"the hosts reached {median:.1f} of {target:g} GFLOP/s: a factor of {factor:.2f} is more "
