@@ -243,7 +243,10 @@ def test_cpu_quota_quarter_slows_loop_4x(name):
     # cores) that wall time is inflated, so its CPU time stands for it when smaller.
     full_speed = min(min(w for w, _ in free), min(c for _, c in free))
     ratio = min(w for w, _ in capped) / full_speed
-    assert 4 * 0.85 <= ratio <= 4 * 1.15, (ratio, free, capped)
+    # Upper bound 1.3, not 1.15: a throttled loop restarts with cold caches every 100 ms
+    # period and needs up to ~20% more CPU time for the same work (seen in CI: 1.46-1.73 s
+    # confined against 1.23-1.48 s free; the same effect bench.cluster.device corrects for).
+    assert 4 * 0.85 <= ratio <= 4 * 1.3, (ratio, free, capped)
     # and the quota itself: the confined loop got a quarter of a core while it ran
     share = min(c / w for w, c in capped)
     assert 0.25 * 0.85 <= share <= 0.25 * 1.15, (share, capped)
