@@ -96,16 +96,11 @@ def resident_bytes() -> int:
 
 
 def cpu_quota() -> float | None:
-    value = os.environ.get("DETR_CPU_QUOTA", "").strip().lower()
-    if value in ("", "none", "max"):
-        return None
+    value = os.environ.get("DETR_CPU_QUOTA")
     try:
-        quota = float(value)
+        return records.parse_cpu_quota(value)
     except ValueError:
-        raise UsageError(f"DETR_CPU_QUOTA={value!r}: expected a number of cores or 'none'") from None
-    if not 0 < quota < 1e6:
-        raise UsageError(f"DETR_CPU_QUOTA={value!r}: expected a positive number of cores")
-    return quota
+        raise UsageError(f"DETR_CPU_QUOTA={value!r}: expected a positive number of cores or 'none'") from None
 
 
 # -- links --------------------------------------------------------------------------------------

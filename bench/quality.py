@@ -160,10 +160,15 @@ def labels_of(task: Task, examples: list[Example]) -> torch.Tensor:
     return torch.tensor([index[e.label] for e in examples])
 
 
+def standardised(train_x, test_x):
+    """Both feature sets scaled by the train split's mean and standard deviation."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    return (train_x - mean) / std, (test_x - mean) / std
+
+
 def probe(train_x, train_y, test_x, test_y, classes: int, seed: int, steps: int = 300) -> float:
     """Accuracy of a logistic regression on standardised features (see the module doc)."""
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    a, b = (train_x - mean) / std, (test_x - mean) / std
+    a, b = standardised(train_x, test_x)
     gen = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(a.shape[1], classes)
     with torch.no_grad():
@@ -207,8 +212,7 @@ def probe_cv(train_x, train_y, test_x, test_y, classes: int, seed: int) -> tuple
     (folds drawn with `seed`; ties go to the stronger L2), then refitted on the whole train split.
     Unlike `probe` (a fixed AdamW budget that ends nearly unregularised), it asks only how well
     a linear read-out can separate the classes, not how fast it gets there."""
-    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    a, b = (train_x - mean) / std, (test_x - mean) / std
+    a, b = standardised(train_x, test_x)
     folds = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed)).chunk(PROBE_FOLDS)
     best = None
     for l2 in PROBE_L2:

@@ -167,14 +167,24 @@ def local_env() -> dict:
             "git_commit": git_commit(), "utc_time": utc_now()}
 
 
+def parse_cpu_quota(value: str | None) -> float | None:
+    """DETR_CPU_QUOTA (set per emulated host by bench.cluster's agent): cores, or None for
+    unset/'none'/'max'; ValueError for anything else."""
+    value = (value or "").strip().lower()
+    if value in ("", "none", "max"):
+        return None
+    quota = float(value)
+    if not 0 < quota < 1e6:
+        raise ValueError(f"{value!r} is not a positive number of cores")
+    return quota
+
+
 def cpu_quota_env() -> float | None:
-    """This process's CPU quota in cores when an emulated host set one (DETR_CPU_QUOTA, set by
-    bench.cluster's agent per host), else None; an unreadable value is recorded as None."""
+    """This process's CPU quota in cores (DETR_CPU_QUOTA), for records: unreadable -> None."""
     try:
-        quota = float(os.environ.get("DETR_CPU_QUOTA", ""))
+        return parse_cpu_quota(os.environ.get("DETR_CPU_QUOTA"))
     except ValueError:
         return None
-    return quota if 0 < quota < 1e6 else None
 
 
 def env_block(base: dict | None = None, **extra) -> dict:

@@ -123,7 +123,7 @@ class Row:
         """'CPU quota 0.45' or 'CPU quotas 0.2,0.3,0.45,0.45' (emulated hosts), else None."""
         if not self.cpu_quotas:
             return None
-        shown = ["-" if q is None else f"{q:g}" for q in self.cpu_quotas]
+        shown = quotas_text(self.cpu_quotas).split(",")
         return f"CPU quota {shown[0]}" if len(set(shown)) == 1 else "CPU quotas " + ",".join(shown)
 
     @property
@@ -135,6 +135,11 @@ class Row:
         """What makes two records the same point."""
         return (self.bench, self.label, self.model, self.world_size, self.batch, self.seq, self.n_blocks,
                 self.n_div, self.rate, self.requests, self.threads, self.cpu_quotas)
+
+
+def quotas_text(quotas) -> str:
+    """Per-host CPU quotas as '0.2,0.3,-' ('-': unconfined); '' for none."""
+    return ",".join("-" if q is None else f"{q:g}" for q in quotas)
 
 
 def rate_bits(rate) -> int | None:

@@ -19,6 +19,7 @@ import statistics
 
 from . import cli, records
 from .plan import fmt_ms
+from .report_data import quotas_text
 
 MEDIAN_TARGET, WORST_TARGET, PICK_TARGET = 0.10, 0.25, 0.05
 
@@ -40,7 +41,7 @@ def point_key(model, batch, seq, rate, hosts: int, quotas, argv) -> tuple:
     if "--profile" in argv[:-1]:
         hosts_id = "profile " + argv[argv.index("--profile") + 1]
     else:
-        hosts_id = ",".join("-" if q is None else f"{q:g}" for q in quotas) or "-"
+        hosts_id = quotas_text(quotas) or "-"
     return model, batch, seq, rate or "-", hosts, hosts_id
 
 
