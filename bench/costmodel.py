@@ -8,11 +8,18 @@ their `weights_bytes` and `expected_traffic`, and a profile (bench.profiles). Pe
         kernel at that shape (nearest profiled shape, scaled by FLOPs, when not profiled),
         run through its host's CPU quota (`Cpu`: CFS hands out quota x 100 ms per period;
         a rank that waited on the network starts its next compute with a fresh budget, so
-        short bursts run at full speed and long ones at the quota's pace);
+        short bursts run at full speed and long ones at the quota's pace), and through the
+        cores of its machine: hosts that share one (emulated hosts, local ranks; the same
+        profiled machine_id) and compute in the same step get cores / (hosts computing)
+        of a core each while that is less than one (`Cpu.run`'s share);
     then the communication: a collective ends when the slowest rank arrives plus
         alpha + beta x cost_bytes (fitted per op and world size); a send (pipeline
         parallelism) starts when its sender is done and its link is free, and the
-        receiver's next compute waits for it, while the sender goes on.
+        receiver's next compute waits for it, while the sender goes on. Communication costs
+        CPU, which comes out of the quota: a rank waiting for a late peer burns the profiled
+        wait_cpu_fraction of a core, and once all have arrived each rank runs the fitted
+        cpu_alpha + cpu_beta x bytes of CPU work (copies, TCP, MPI's progress engine) through
+        its quota; the collective ends when both the wire and the slowest of those are done.
 
 A forward's latency is when the last rank is done; the breakdown (compute, throttled,
 comm) follows the critical path. Several forwards are simulated after one another (each
@@ -62,6 +69,8 @@ class Host:
     runtime_bytes: int
     speed: float = 1.0           # projection: kernel rates x speed
     factors: tuple = (1.0, 1.0)  # whole forward / its kernels (profile calibration): original, sub-blocks
+    machine: str | None = None   # hosts with the same machine share its `cores` (None: a machine of its own)
+    cores: int = 1
     _one: dict = field(default_factory=dict, repr=False)   # shape -> seconds of one call
 
     def seconds(self, work: Work, cfg) -> float:
@@ -108,10 +117,11 @@ class Cpu:
             self.period_end += math.floor((t - self.period_end) / self.period + 1) * self.period
             self.used = 0.0
 
-    def run(self, start: float, seconds: float) -> float:
-        """Run `seconds` of full-speed work from `start`; returns when it is done."""
+    def run(self, start: float, seconds: float, share: float = 1.0) -> float:
+        """Run `seconds` of full-speed work from `start` on `share` of a core (hosts sharing a
+        machine's cores); returns when it is done. The quota counts CPU time, not wall time."""
         if self.budget is None:
-            return start + seconds
+            return start + seconds / share
         t = start
         while seconds > 1e-12:
             self._roll(t)
@@ -119,8 +129,8 @@ class Cpu:
             if room <= 1e-12:
                 t = self.period_end
                 continue
-            dt = min(seconds, room, self.period_end - t)
-            t, self.used, seconds = t + dt, self.used + dt, seconds - dt
+            cpu = min(seconds, room, (self.period_end - t) * share)
+            t, self.used, seconds = t + cpu / share, self.used + cpu, seconds - cpu
         return t
 
     def runnable(self, t: float, need: float = 1e-3) -> float:
@@ -152,6 +162,13 @@ class Fit:
     beta: float
     cpu_fraction: float = 0.0
     projected: bool = False
+    cpu_alpha: float | None = None   # CPU seconds beyond waiting = cpu_alpha + cpu_beta x bytes
+    cpu_beta: float | None = None    # (None: a profile older than these; cpu_fraction x time instead)
+
+    def busy_cpu(self, nbytes: int, seconds: float) -> float:
+        if self.cpu_beta is None:
+            return self.cpu_fraction * seconds
+        return self.cpu_alpha + self.cpu_beta * nbytes
 
 
 @dataclass
@@ -160,23 +177,28 @@ class Network:
     links: dict                  # (a, b) -> (latency_s, bandwidth_Bps), both directions
     rate_scale: float = 1.0      # projection: beta x rate_scale (profiled rate / projected rate)
     notes: list = field(default_factory=list)
+    wait_fraction: float = 0.0   # share of a core a rank burns while waiting in MPI (profiled)
 
     def fit(self, op: str, world: int) -> Fit:
         name = FIT_OF[op]
         if (name, world) in self.fits:
             f = self.fits[(name, world)]
-            return Fit(f.alpha, f.beta * self.rate_scale, f.cpu_fraction, self.rate_scale != 1.0)
+            return Fit(f.alpha, f.beta * self.rate_scale, f.cpu_fraction, self.rate_scale != 1.0, f.cpu_alpha,
+                       f.cpu_beta)
         measured = sorted(w for (o, w) in self.fits if o == name)
         if not measured:
             raise KeyError(f"no {name} fit in the profile")
         base = max([w for w in measured if w <= world] or measured[:1])
         f = self.fits[(name, base)]
-        return Fit(f.alpha * hops(name, world) / hops(name, base), f.beta * self.rate_scale, f.cpu_fraction, True)
+        return Fit(f.alpha * hops(name, world) / hops(name, base), f.beta * self.rate_scale, f.cpu_fraction, True,
+                   f.cpu_alpha, f.cpu_beta)
 
     def collective(self, step: Step, world: int) -> tuple[float, float]:
-        """(seconds, CPU fraction while in it) of a step's collective."""
+        """(seconds, each rank's CPU seconds beyond waiting) of a step's collective."""
         f = self.fit(step.op, world)
-        return f.alpha + f.beta * cost_bytes(step.op, step.parts, step.whole, world), f.cpu_fraction
+        nbytes = cost_bytes(step.op, step.parts, step.whole, world)
+        seconds = f.alpha + f.beta * nbytes
+        return seconds, f.busy_cpu(nbytes, seconds)
 
     def send(self, a: int, b: int, nbytes: int) -> tuple[float, float]:
         """One message from host a to host b: the link's ping-pong latency and bandwidth."""
@@ -213,6 +235,7 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
     forward to settle, then `forwards` timed after one another (each after a barrier)."""
     world = len(hosts)
     seconds = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
+    shares = [core_shares(hosts, row) for row in seconds]
     barrier = network.fit("allreduce", world).alpha if world > 1 else 0.0
     costs = [network.send(host_ids[s.src], host_ids[s.dst], s.parts[s.src]) if s.op == "send" else
              network.collective(s, world) if s.op is not None else None for s in steps]
@@ -220,10 +243,10 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
         shifts, forwards = 1, 0   # no quota: every forward is the same
     results = []
     for shift in range(shifts):
-        cpus = [Cpu(h.quota, phase=CFS_PERIOD_S * ((r / world + shift / shifts) % 1.0)) for r, h in enumerate(hosts)]
+        cpus = [Cpu(h.quota, phase=CFS_PERIOD_S * shift / shifts) for h in hosts]
         now = 0.0
         for j in range(forwards + 1):
-            timeline, end = _forward(steps, seconds, costs, cpus, now, world)
+            timeline, end = _forward(steps, seconds, shares, costs, cpus, now, network.wait_fraction)
             if j or not forwards:
                 results.append(timeline)
             now = end + barrier
@@ -231,8 +254,24 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
                       for f in ("latency_s", "compute_s", "throttled_s", "comm_s")))
 
 
-def _forward(steps, seconds, costs, cpus, now: float, world: int) -> tuple[Timeline, float]:
+def core_shares(hosts: list[Host], seconds: list[float]) -> list[float]:
+    """Each rank's share of a core in a step where rank r computes seconds[r]: hosts on one
+    machine that compute at once split its cores (at most one core each)."""
+    shares = [1.0] * len(hosts)
+    machines = {}
+    for r, host in enumerate(hosts):
+        if host.machine is not None and seconds[r] > 0:
+            machines.setdefault(host.machine, []).append(r)
+    for ranks in machines.values():
+        cores = hosts[ranks[0]].cores
+        for r in ranks:
+            shares[r] = min(1.0, cores / len(ranks))
+    return shares
+
+
+def _forward(steps, seconds, shares, costs, cpus, now: float, wait: float) -> tuple[Timeline, float]:
     """One forward from `now` (every rank starts after a barrier): its timeline and end."""
+    world = len(cpus)
     clock = [now] * world
     path = [(0.0, 0.0, 0.0)] * world            # (compute, throttled, comm) behind each clock
     arrival, link_free, sends_end = {}, {}, [now] * world
@@ -241,10 +280,11 @@ def _forward(steps, seconds, costs, cpus, now: float, world: int) -> tuple[Timel
             dst = steps[step.after].dst
             t, via = arrival[step.after]
             if t > clock[dst]:
+                cpus[dst].spend(clock[dst], t, wait)
                 clock[dst], path[dst] = t, via
         finish = []
         for r in range(world):
-            end = cpus[r].run(clock[r], seconds[i][r])
+            end = cpus[r].run(clock[r], seconds[i][r], shares[i][r])
             c, th, cm = path[r]
             path[r] = (c + seconds[i][r], th + max(0.0, end - clock[r] - seconds[i][r]), cm)
             finish.append(end)
@@ -262,12 +302,14 @@ def _forward(steps, seconds, costs, cpus, now: float, world: int) -> tuple[Timel
         elif step.op is not None:
             ready = [cpus[r].runnable(clock[r]) for r in range(world)]
             slowest = max(range(world), key=lambda r: ready[r])
-            cost, frac = costs[i]
-            end = ready[slowest] + cost
-            for r in range(world):
-                cpus[r].spend(clock[r], end, frac)
+            cost, busy = costs[i]
+            last = ready[slowest]
+            for r in range(world):               # the early ones wait (and poll) for the last
+                cpus[r].spend(ready[r], last, wait)
+            # then the wire and each rank's CPU work for it (under its quota): whichever takes longer
+            end = max([last + cost] + ([cpus[r].run(last, busy) for r in range(world)] if busy > 0 else []))
             c, th, cm = path[slowest]
-            clock, path = [end] * world, [(c, th + ready[slowest] - clock[slowest], cm + cost)] * world
+            clock, path = [end] * world, [(c, th + last - clock[slowest], cm + end - last)] * world
     for r in range(world):                       # isends complete before the forward returns
         if sends_end[r] > clock[r]:
             c, th, cm = path[r]

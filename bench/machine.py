@@ -3,7 +3,8 @@
 A projection changes what was measured and says so (`Machine.projection`, printed beside
 every prediction): more hosts than were profiled (host i behaves like profiled host
 i mod N; collectives at world sizes never profiled scale their fitted alpha by the
-algorithm's message steps, `costmodel.hops`, and keep their beta per byte), other device
+algorithm's message steps, `costmodel.hops`, and keep their beta per byte; and every host
+on a machine of its own: profiled hosts that shared cores do not share them), other device
 speeds (kernel rates x speed), other CPU quotas, another link rate (every beta x
 profiled rate / new rate; alphas kept).
 """
@@ -86,7 +87,8 @@ def build(profile: dict, hosts: int | None = None, speeds: list[float] | None = 
         name = p["host"] if names.count(p["host"]) == 1 else f"{p['host']}#{i % len(profiled)}"
         out.append(Host(name=name if i < len(profiled) else f"{name}~{i}", quota=quota,
                         kernels=p["kernels"], memory_available=int(p["memory_available_bytes"]),
-                        runtime_bytes=int(p["runtime_bytes"]), speed=speeds[i] or 1.0, factors=factors(p)))
+                        runtime_bytes=int(p["runtime_bytes"]), speed=speeds[i] or 1.0, factors=factors(p),
+                        machine=None if n != len(profiled) else p.get("machine_id"), cores=int(p["cpus"])))
     shares = {h["host"]: contention(h) for h in profiled if contention(h)}
     warnings = [f"the machine was busy while profiling ({', '.join(f'{k} got {v:.2f} of a core' for k, v in shares.items())}"
                 f", load {profile.get('loadavg_1m')}): predictions assume each host gets its quota"] if shares else []
@@ -94,8 +96,12 @@ def build(profile: dict, hosts: int | None = None, speeds: list[float] | None = 
         notes.append("device speeds x " + ",".join(f"{s or 1:g}" for s in speeds))
     if any(q is not None for q in quotas):
         notes.append("CPU quotas " + ",".join("none" if h.quota is None else f"{h.quota:g}" for h in out))
-    fits = {(f["op"], f["world"]): Fit(f["alpha_s"], f["beta_s_per_byte"], f["cpu_fraction"])
+    fits = {(f["op"], f["world"]): Fit(f["alpha_s"], f["beta_s_per_byte"], f["cpu_fraction"],
+                                       cpu_alpha=f.get("cpu_alpha_s"), cpu_beta=f.get("cpu_beta_s_per_byte"))
             for f in profile.get("collectives") or []}
+    ids = [h.get("machine_id") for h in profiled if h.get("machine_id")]
+    if n != len(profiled) and len(set(ids)) < len(ids):
+        notes.append("every host on a machine of its own (the profiled hosts shared one)")
     links = {}
     for link in profile.get("links") or []:
         links[(link["a"], link["b"])] = (link["latency_s"], link["bandwidth_Bps"])
@@ -114,4 +120,5 @@ def build(profile: dict, hosts: int | None = None, speeds: list[float] | None = 
         notes.append(f"link rate {rate_bit / 1e6:g} Mbit/s (profiled at {base / 1e6:g} Mbit/s)")
     if n > 1 and not fits:
         raise UsageError(f"the profile has no collective fits: it was made on 1 host, cannot plan for {n}")
-    return Machine(out, Network(fits, links, scale), len(profiled), notes, warnings)
+    network = Network(fits, links, scale, wait_fraction=float(profile.get("wait_cpu_fraction") or 0.0))
+    return Machine(out, network, len(profiled), notes, warnings)

@@ -24,7 +24,7 @@ import socket
 import statistics
 import time
 from pathlib import Path
-from time import perf_counter, process_time
+from time import perf_counter, process_time, sleep
 
 import torch
 
@@ -103,6 +103,15 @@ def cpu_quota() -> float | None:
         raise UsageError(f"DETR_CPU_QUOTA={value!r}: expected a positive number of cores or 'none'") from None
 
 
+def machine_id() -> str | None:
+    """The running kernel's boot id: hosts that report the same one share a machine's cores
+    (emulated hosts in network namespaces, or local ranks), which the cost model accounts for."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 # -- links --------------------------------------------------------------------------------------
 def rounds(n: int) -> list[list[tuple[int, int]]]:
     """Every pair of n hosts once, in rounds of disjoint pairs (the circle method)."""
@@ -170,7 +179,8 @@ def fit(points: list[tuple[int, float]]) -> tuple[float, float, float]:
         alpha, beta = 0.0, sum(x * t for x, t in points) / max(sum(x * x for x, _ in points), 1)
     if beta <= 0:  # a flat line: time does not grow with size here
         alpha, beta = statistics.median(t for _, t in points), 1e-15
-    residual = (sum(((alpha + beta * x - t) / t) ** 2 for x, t in points) / n) ** 0.5
+    timed = [(x, t) for x, t in points if t > 0]     # (a CPU fit may see zeros)
+    residual = (sum(((alpha + beta * x - t) / t) ** 2 for x, t in timed) / max(len(timed), 1)) ** 0.5
     return alpha, max(beta, 1e-15), residual
 
 
@@ -182,7 +192,8 @@ def fitted_points(sizes: list[int], points: list, model_sizes) -> list:
 
 
 def run_op(sub, op: str, whole: int, reps: int) -> tuple[int, float, float]:
-    """(cost bytes, median seconds (max over ranks), CPU fraction) of `op` on a `whole`-byte buffer."""
+    """(cost bytes, median seconds (max over ranks), this rank's median CPU seconds) of `op` on
+    a `whole`-byte buffer."""
     world, n = sub.size, max(whole // 4, sub.size)
     counts = [n // world + (r < n % world) for r in range(world)]
     full, part = torch.zeros(n), torch.zeros(counts[sub.rank])
@@ -196,7 +207,7 @@ def run_op(sub, op: str, whole: int, reps: int) -> tuple[int, float, float]:
     else:  # send: one way of a ping-pong between the first two ranks
         nbytes = 4 * n
         return nbytes, ping_pong(sub, 1 - sub.rank, nbytes, reps, sub.rank == 0), 0.0
-    times, fractions = [], []
+    times, cpu = [], []
     for i in range(reps + 1):
         sub.sync()
         c0, t0 = process_time(), perf_counter()
@@ -204,8 +215,25 @@ def run_op(sub, op: str, whole: int, reps: int) -> tuple[int, float, float]:
         wall = perf_counter() - t0
         if i:
             times.append(sub.max_over_ranks(wall))
-            fractions.append((process_time() - c0) / wall)
-    return cost_bytes(op, parts, 4 * n, world), statistics.median(times), statistics.mean(fractions)
+            cpu.append(process_time() - c0)
+    return cost_bytes(op, parts, 4 * n, world), statistics.median(times), statistics.median(cpu)
+
+
+def wait_cpu_fraction(comm, seconds: float = 0.06, reps: int = 3) -> float:
+    """CPU seconds per second that a rank burns while it waits in an MPI call for a late peer
+    (the communicator's wait: spin or sleep-poll), the mean over the waiting ranks: the cost
+    model charges it to every rank that arrives at a collective before the last one."""
+    fractions = []
+    for _ in range(reps):
+        comm.sync()
+        c0, t0 = process_time(), perf_counter()
+        if comm.rank == 0:
+            sleep(seconds)
+        comm.sync()
+        if comm.rank:
+            fractions.append((process_time() - c0) / (perf_counter() - t0))
+    per_rank = comm.allgather_object(statistics.median(fractions) if fractions else None)
+    return statistics.mean(f for f in per_rank if f is not None)
 
 
 def op_sizes(op: str, world: int, bandwidth: float, max_s: float, model_sizes) -> list[int]:
@@ -219,24 +247,29 @@ def op_sizes(op: str, world: int, bandwidth: float, max_s: float, model_sizes) -
     return sorted(sizes)
 
 
-def measure_collectives(comm, links, model_sizes, reps: int, max_s: float, say) -> list[dict]:
+def measure_collectives(comm, links, model_sizes, reps: int, max_s: float, wait: float, say) -> list[dict]:
     bandwidth = min(link["bandwidth_Bps"] for link in links)
     out = []
     for world in range(2, comm.size + 1):
         sub = comm.split(0 if comm.rank < world else None, key=comm.rank)
         if sub is not None:
             for op in ("allreduce", "allgather", "gather") + (("send",) if world == 2 else ()):
-                points, fractions = [], []
+                points, mine = [], []
                 relevant = model_sizes.get((op, world), ())
                 sizes = op_sizes(op, world, bandwidth, max_s, relevant)
                 for size in sizes:
-                    x, t, f = run_op(sub, op, size, reps)
+                    x, t, c = run_op(sub, op, size, reps)
                     points.append((x, t))
-                    fractions.append(f)
+                    mine.append(c)
+                cpu = [statistics.mean(c) for c in zip(*sub.allgather_object(mine))]   # mean over ranks
                 alpha, beta, residual = fit(fitted_points(sizes, points, relevant))
+                # CPU beyond waiting (copies, TCP, the MPI progress engine), fitted like the time
+                busy = [(x, max(c - wait * t, 0.0)) for (x, t), c in zip(points, cpu)]
+                cpu_alpha, cpu_beta, _ = fit(fitted_points(sizes, busy, relevant)) if op != "send" else (0.0, 0.0, 0)
                 out.append({"op": op, "world": world, "alpha_s": alpha, "beta_s_per_byte": beta,
-                            "residual": residual, "cpu_fraction": statistics.mean(fractions),
-                            "sizes": sizes, "points": [[x, t] for x, t in points]})
+                            "residual": residual, "cpu_fraction": statistics.mean(c / t for (_, t), c in zip(points, cpu)),
+                            "cpu_alpha_s": cpu_alpha, "cpu_beta_s_per_byte": cpu_beta,
+                            "sizes": sizes, "points": [[x, t] for x, t in points], "cpu_s": cpu})
                 say(f"  {op:9s} P={world}: alpha {alpha * 1e3:.2f} ms, {1 / beta / 1e6:.1f} MB/s "
                     f"(residual {residual:.1%}, {len(points)} sizes)")
             sub.free()
@@ -263,19 +296,21 @@ def run_profile(comm, cfg, shapes, reps: int = 3, max_op_seconds: float = 0.25, 
     say(f"whole forwards against their kernels in {perf_counter() - start:.1f}s: x"
         + ", x".join(f"{calibration[k]['factor']:.2f} {k}" for k in ("original", "decoupled") if k in calibration))
     iface = network.wire_iface()
-    host = {"host": processor_name(), "cpus": os.cpu_count() or 1, "cpu_quota": quota,
+    host = {"host": processor_name(), "machine_id": machine_id(), "cpus": os.cpu_count() or 1, "cpu_quota": quota,
             "cpu_model": records.cpu_model(), "memory_available_bytes": memory_available(),
             "runtime_bytes": runtime, "cpu_share": share, "network": network.describe_network(iface),
             "calibration": calibration, "kernels": kernels}
     hosts = [{"rank": r, **h} for r, h in enumerate(comm.allgather_object(host))]
-    links, collectives = [], []
+    links, collectives, wait = [], [], 0.0
     if comm.size > 1:
         links = measure_links(comm, max_op_seconds)
         say(f"links measured ({len(links)}), {perf_counter() - start:.1f}s")
-        collectives = measure_collectives(comm, links, model_sizes, reps, max_op_seconds, say)
+        wait = wait_cpu_fraction(comm)
+        say(f"waiting in MPI costs {wait:.3f} of a core ({comm.wait})")
+        collectives = measure_collectives(comm, links, model_sizes, reps, max_op_seconds, wait, say)
     profile = {"schema": SCHEMA, "model": model_of(cfg), "shapes": [list(s) for s in shapes],
                "threads": torch.get_num_threads(), "wait": comm.wait, "hosts": hosts, "links": links,
-               "collectives": collectives, "profiling_s": perf_counter() - start,
+               "collectives": collectives, "wait_cpu_fraction": wait, "profiling_s": perf_counter() - start,
                "utc_time": records.utc_now(), "git_commit": records.git_commit(),
                "loadavg_1m": records.loadavg(), "launcher_host": socket.gethostname()}
     return validate(profile, "(just measured)")  # on every rank alike: a zero rate must not reach a file

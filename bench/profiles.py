@@ -6,16 +6,22 @@ A profile is one JSON object (schema `detr-profile/1`):
     shapes       [[batch, seq], ...] the request shapes its kernels were measured at
     threads      torch threads per rank;  wait: how ranks waited in MPI calls
     profiling_s  how long profiling took; utc_time, git_commit, loadavg_1m
-    hosts        one per rank, in rank order: rank, host, cpus, cpu_quota (cores or null),
+    hosts        one per rank, in rank order: rank, host, machine_id (the kernel's boot id:
+                 hosts with the same one share the machine's `cpus` cores), cpus, cpu_quota (cores or null),
                  cpu_model, memory_available_bytes, runtime_bytes (a rank's resident memory
                  before any model tensor), network (tc state, bench.network.describe_network),
                  cpu_share (CPU seconds / wall seconds over its kernel runs),
                  kernels {key: {kernel, batch, queries, keys, width, heads, ffn, flops, seconds}}
                  with `seconds` the CPU seconds of one call (the full-speed time of one thread)
     links        [{a, b, latency_s, bandwidth_Bps}]: ping-pong between hosts a and b
-    collectives  [{op, world, alpha_s, beta_s_per_byte, residual, cpu_fraction, points}]:
-                 time = alpha + beta x bytes on the first `world` hosts, bytes as
-                 `costmodel.cost_bytes` counts them; residual: RMS relative error of the fit
+    collectives  [{op, world, alpha_s, beta_s_per_byte, residual, cpu_fraction, cpu_alpha_s,
+                 cpu_beta_s_per_byte, points, cpu_s}]: time = alpha + beta x bytes on the first
+                 `world` hosts, bytes as `costmodel.cost_bytes` counts them; residual: RMS
+                 relative error of the fit; CPU seconds per rank beyond waiting =
+                 cpu_alpha + cpu_beta x bytes (fitted the same way; cpu_fraction: CPU / wall)
+    wait_cpu_fraction  the share of a core a rank burns while it waits in MPI for a late peer
+    (machine_id, cpu_alpha_s, cpu_beta_s_per_byte and wait_cpu_fraction are absent from
+    profiles made before they existed: the cost model then charges cpu_fraction instead)
 
 Every problem is a `UsageError` naming the file and the field (one line, exit 2).
 """
@@ -76,6 +82,10 @@ class _Checker:
             self.fail(f"{where}.{key}", f"must be {'>' if strict else '>='} {low:g}, got {value!r}")
         return value
 
+    def later_number(self, obj, key, where):
+        """A field that profiles gained later (older ones lack it): None when absent."""
+        return self.number(obj, key, where, strict=False) if isinstance(obj, dict) and key in obj else None
+
     def integer(self, obj, key, where, low=0):
         value = self.field(obj, key, where)
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -109,6 +119,8 @@ def validate(data, path="<profile>") -> dict:
             c.fail(f"{where}.rank", f"is {host['rank']}, expected {i} (hosts are listed in rank order)")
         c.field(host, "host", where)
         c.integer(host, "cpus", where, 1)
+        if not isinstance(host.get("machine_id", ""), (str, type(None))):
+            c.fail(f"{where}.machine_id", f"must be a string or null, got {host['machine_id']!r}")
         c.number(host, "cpu_quota", where, optional=True)
         c.number(host, "memory_available_bytes", where)
         c.number(host, "runtime_bytes", where, strict=False)
@@ -139,6 +151,11 @@ def validate(data, path="<profile>") -> dict:
         c.number(fit, "beta_s_per_byte", where)
         c.number(fit, "residual", where, strict=False)
         c.number(fit, "cpu_fraction", where, strict=False)
+        c.later_number(fit, "cpu_alpha_s", where)
+        c.later_number(fit, "cpu_beta_s_per_byte", where)
+    wait = c.later_number(data, "wait_cpu_fraction", "top level")
+    if wait is not None and wait > 1.5:
+        c.fail("wait_cpu_fraction", f"must be at most 1.5 (cores), got {wait!r}")
     if n > 1 and not data.get("collectives"):
         c.fail("collectives", f"must hold the fitted collectives of the {n} hosts")
     return data

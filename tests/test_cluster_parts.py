@@ -137,17 +137,26 @@ def test_launch_command_lines():
     assert launch.cluster_shape_command("10mbit")[1:] == ["-m", "bench.cluster", "shape", "--rate", "10mbit"]
 
 
-def test_device_quota_correction_is_one_bounded_step():
+def test_device_quota_correction_is_a_bounded_step_on_quota_bound_hosts():
     from bench.cluster import device as D
-    quota, why = D.corrected_quota(20.0, 0.2, [16.0, 17.0, 18.0], cores=2)
+
+    def hosts(*rates, share=0.2):
+        return [{"gflops": r, "cpu_share": share} for r in rates]
+    quota, why = D.corrected_quota(20.0, 0.2, hosts(16.0, 17.0, 18.0), hosts=3, cores=2)
     assert why is None and quota == round(0.2 * 20 / 17, 4)
-    quota, why = D.corrected_quota(20.0, 0.2, [16.0, 18.0], cores=2)       # even count: mean of the middle two
+    quota, why = D.corrected_quota(20.0, 0.2, hosts(16.0, 18.0), hosts=2, cores=2)   # even count: mean of the middle two
     assert why is None and quota == round(0.2 * 20 / 17, 4)
-    for achieved in ([10.0, 10.0], [], [0.0]):                             # busy machine / nothing measured
-        quota, why = D.corrected_quota(20.0, 0.2, achieved, cores=2)
+    quota, why = D.corrected_quota(20.0, 0.2, hosts(14.8, 15.0), hosts=2, cores=2)   # x1.35, as measured once
+    assert why is None and quota == round(0.2 * 20 / 14.9, 4)
+    for achieved in (hosts(10.0, 10.0), [], [{"gflops": 0.0}], hosts(18.0) + [{"error": "x"}]):
+        quota, why = D.corrected_quota(20.0, 0.2, achieved, hosts=2, cores=2)   # implausible / nothing measured
         assert quota == 0.2 and why
-    quota, why = D.corrected_quota(20.0, 1.9, [17.0], cores=2)             # would exceed the machine
-    assert quota == 1.9 and "outside" in why
+    quota, why = D.corrected_quota(20.0, 0.2, hosts(17.0, 17.0, share=0.15), hosts=2, cores=2)
+    assert quota == 0.2 and "busy" in why                                      # the hosts did not get their quota
+    quota, why = D.corrected_quota(20.0, 0.46, hosts(17.0, share=0.46), hosts=4, cores=2)
+    assert why is None and quota == 0.48                                       # capped at 96% of the machine
+    quota, why = D.corrected_quota(20.0, 0.48, hosts(17.0, share=0.48), hosts=4, cores=2)
+    assert quota == 0.48 and "cores" in why                                    # already at the cap
 
 
 def test_device_targets_and_quotas():

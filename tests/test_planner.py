@@ -92,6 +92,49 @@ def test_cpu_quota_by_hand():
     assert costmodel.Cpu(1.0).run(1.0, 0.2) == 1.2         # a whole core for one thread: no limit
 
 
+def test_shared_cores_by_hand():
+    cpu = costmodel.Cpu(None)
+    assert cpu.run(1.0, 0.2, share=0.5) == pytest.approx(1.4)         # half a core: twice as long
+    cpu = costmodel.Cpu(0.45)                                         # 45 ms of CPU per 100 ms period
+    assert cpu.run(0.0, 0.02, share=0.5) == pytest.approx(0.04)       # a burst: at half speed
+    assert costmodel.Cpu(0.45).run(0.0, 0.09, share=0.5) == pytest.approx(0.19)   # 45 ms in 90 ms, 45 more from 0.1
+    hosts = [costmodel.Host(f"h{r}", None, {}, 0, 0, machine="m" if r < 3 else None, cores=2) for r in range(4)]
+    assert costmodel.core_shares(hosts, [1, 1, 1, 1]) == [2 / 3, 2 / 3, 2 / 3, 1.0]   # h3: a machine of its own
+    assert costmodel.core_shares(hosts, [1, 0, 1, 1]) == [1.0, 1.0, 1.0, 1.0]         # two computing on 2 cores
+
+
+def test_shared_machine_slows_tp_by_hand():
+    # test_tp_by_hand's case with both hosts on one 1-core machine: each layer's compute at half speed
+    profile = hand_profile()
+    for h in profile["hosts"]:
+        h.update(machine_id="box", cpus=1)
+    layer = 2 * 401_408 / GFLOPS + 2 * (ALPHA + 2048 * BETA)
+    assert predict("tp", TINY, 2, 1, 8, profile).latency_s == pytest.approx(8 * 2 * EMBED_S + 4 * layer, rel=1e-12)
+    assert M.build(profile, hosts=4).hosts[0].machine is None          # projections: a machine per host
+
+
+def test_communication_cpu_by_hand():
+    # dp, P=2, b=2 as in test_dp_gathers_through_the_root_by_hand, with every collective
+    # costing each rank 20 ms of CPU: longer than its wire time (about 1 ms), so it sets
+    # the scatter's and the gather's time.
+    profile = hand_profile()
+    for c in profile["collectives"]:
+        c.update(cpu_alpha_s=0.02, cpu_beta_s_per_byte=0.0)
+    rank = 8 * EMBED_S + 4 * 802_816 / GFLOPS
+    assert predict("dp", TINY, 2, 2, 8, profile).latency_s == pytest.approx(0.02 + rank + 0.02, rel=1e-9)
+    # under a 0.25-core quota (25 ms per 100 ms period) the two collectives and the compute
+    # need 43.2 ms of CPU: the gather's last 18.2 ms wait for the next period
+    for h in profile["hosts"]:
+        h["cpu_quota"] = 0.25
+    slow = predict("dp", TINY, 2, 2, 8, profile)
+    assert slow.latency_s > 0.1 and slow.timeline.comm_s > 0.09
+    profile["wait_cpu_fraction"] = 0.3
+    assert profiles.validate(profile) and M.build(profile).network.wait_fraction == 0.3
+    profile["wait_cpu_fraction"] = 7
+    with pytest.raises(cli.UsageError, match="wait_cpu_fraction"):
+        profiles.validate(profile)
+
+
 def test_quota_slows_long_compute_not_short_bursts():
     slow = predict("serial", TINY, 1, 2, 8, hand_profile(quota=0.001))
     fast = predict("serial", TINY, 1, 2, 8)

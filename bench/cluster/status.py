@@ -4,6 +4,7 @@ quota and throttling, and the interface counters."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 from bench import network as N
@@ -18,17 +19,24 @@ FIELDS = ("name", "hosts", "subnet", "bridge", "bridge_addr", "rate_bit", "burst
 
 def measure_hosts(state: dict, seconds: float = 2.0) -> list[dict]:
     """Each host's achieved GEMM rate, measured inside it (all hosts at once, as they run a job):
-    {gflops} or {error}."""
+    {gflops, cpu_share: CPU-seconds per wall second} or {error}. Every host measures the same
+    window: it starts after the slowest host can have imported torch under its quota (about one
+    CPU-second), so that no host measures while the others are still starting."""
     agent = ClusterNames(state["name"]).state_dir / "agent"
     env = launch.rank_env(state)
-    procs = [subprocess.Popen([str(agent), "-x", ns, "--", *D.measure_command(seconds)], env=env, text=True,
+    quotas = [q for q in state.get("quotas") or [] if q]
+    start_at = time.time() + min(10.0, 2.0 + (1.0 / min(quotas) if quotas else 0.0))
+    procs = [subprocess.Popen([str(agent), "-x", ns, "--", *D.measure_command(seconds, start_at=start_at)],
+                              env=env, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for ns in state["netns"]]
     out = []
     for proc in procs:
         stdout, stderr = proc.communicate()
         try:
             result = D.parse_result(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
-            out.append({"gflops": round(result["gflops"], 2), "wall_s": round(result["wall_s"], 2)})
+            out.append({"gflops": round(result["gflops"], 2), "wall_s": round(result["wall_s"], 2),
+                        "cpu_share": round(result["cpu_s"] / result["wall_s"], 4),
+                        "late_s": result.get("late_s", 0.0)})
         except (RuntimeError, ValueError, IndexError) as err:
             out.append({"error": str(err)})
     return out
