@@ -231,8 +231,12 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
 
     Where a forward starts in its hosts' quota periods changes its latency by up to a
     period; a measured run samples that phase as it drifts. So: for `shifts` positions of
-    the hosts' period grids (each host's own cgroup timer: spread over the period), one
-    forward to settle, then `forwards` timed after one another (each after a barrier)."""
+    the period grid, one forward to settle, then `forwards` timed after one another (each
+    after a barrier). Every host has the same grid: Linux starts a cgroup's CFS period timer
+    with hrtimer_forward_now from an expiry of 0 (kernel/sched/fair.c, start_cfs_bandwidth),
+    so all periods of one length begin at the same multiples of it since boot. A pipeline
+    whose stages each need a little more than one period's budget thus takes one period per
+    stage (pp at 1 Gbit/s, reports/emulated-4host-planner.md: 398 ms for 4 stages)."""
     world = len(hosts)
     seconds = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
     shares = [core_shares(hosts, row) for row in seconds]
