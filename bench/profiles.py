@@ -208,6 +208,11 @@ def fitted_terms(profile: dict) -> dict[str, float]:
     for fit in profile.get("collectives") or []:
         out[f"{fit['op']} P={fit['world']} alpha_s"] = fit["alpha_s"]
         out[f"{fit['op']} P={fit['world']} beta_s_per_byte"] = fit["beta_s_per_byte"]
+        for key in ("cpu_alpha_s", "cpu_beta_s_per_byte"):
+            if fit.get(key) is not None:
+                out[f"{fit['op']} P={fit['world']} {key}"] = fit[key]
+    if profile.get("wait_cpu_fraction") is not None:
+        out["wait_cpu_fraction"] = profile["wait_cpu_fraction"]
     return out
 
 
