@@ -79,13 +79,13 @@ def measure_kernels(cfg, works: dict, reps: int) -> tuple[dict, float]:
 
 
 @torch.inference_mode()
-def calibrate(cfg, kernels: dict, batch: int, seq: int, reps: int = 2) -> dict:
+def calibrate(cfg, kernels: dict, batch: int, seq: int, reps: int = 5) -> dict:
     """Whole serial forwards against the sum of their kernels' times, per model kind.
 
     A kernel timed alone, again and again, finds its weights in cache; in a forward the
     layers' weights stream through it, and the glue between kernels (masks, slicing,
     concatenation) costs too. `factor` = CPU seconds of a forward / the sum of its kernels'
-    profiled seconds: the cost model scales kernels by it (layers at the model's width by the
+    profiled seconds (median of `reps` forwards): the cost model scales kernels by it (layers at the model's width by the
     original model's, sub-blocks by what the decoupled forward spends beyond its boundary layer). `cpu_per_wall` over those forwards is what
     the CPU quota left of a core (the quota's CFS periods included)."""
     from kernels import ReferenceModel, init_weights
@@ -111,10 +111,15 @@ def calibrate(cfg, kernels: dict, batch: int, seq: int, reps: int = 2) -> dict:
             full, narrow = (full + seconds, narrow) if work.width == cfg.hidden else (full, narrow + seconds)
         model = ReferenceModel(model_cfg, init_weights(model_cfg, 0))
         model.forward(ids)
-        c0, t0 = process_time(), perf_counter()
+        # The median of `reps`: the mean of 2 once made a factor of 1.71 (reports/emulated-4host-
+        # planner-rerun-data, unequal hosts, host 0), and dp on that host was predicted 57% slow.
+        cpus, walls = [], []
         for _ in range(reps):
+            c0, t0 = process_time(), perf_counter()
             model.forward(ids)
-        cpu, wall = (process_time() - c0) / reps, (perf_counter() - t0) / reps
+            cpus.append(process_time() - c0)
+            walls.append(perf_counter() - t0)
+        cpu, wall = statistics.median(cpus), statistics.median(walls)
         cpu_all, wall_all = cpu_all + cpu, wall_all + wall
         # The decoupled forward's factor is its sub-blocks' (its boundary layer takes the original's).
         factor = cpu / full if kind == "original" else max(0.5, (cpu - out["original"]["factor"] * full) / narrow)
