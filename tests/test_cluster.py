@@ -255,8 +255,8 @@ def test_gflops_target_sets_the_quota_from_a_measurement_and_status_measures_eac
     # up to two measured correction steps, each quota x target / median achieved, or a stated
     # reason to skip (a busy machine)
     steps = device["correction_steps"]
-    assert device["correction"].startswith(("x ", "skipped: ")) and len(device["achieved_first_gflops"]) == 2
-    assert steps and steps[0]["quota"] == device["quota_first"] and len(steps) <= 2
+    assert device["correction"].startswith(("x ", "skipped: ")) and len(steps[0]["achieved_gflops"]) == 2
+    assert steps[0]["quota"] == device["quota_first"] and len(steps) <= 2
     scaled = [s["quota"] * 40 / (sum(s["achieved_gflops"]) / 2) for s in steps]
     for step, before in zip(steps[1:], scaled):
         assert step["quota"] == pytest.approx(before, rel=1e-3)

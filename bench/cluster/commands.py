@@ -99,8 +99,7 @@ def correct_device_quota(state: dict, cpu: CpuQuota | None) -> None:
         if not why_not:
             quota, taken = new, taken + 1
             L.apply_shape(state, None, None, [quota] * hosts, cpu)
-    device.update(quota_first=first, quota=quota, correction_steps=steps,
-                  achieved_first_gflops=steps[0]["achieved_gflops"] if steps else [])
+    device.update(quota_first=first, quota=quota, correction_steps=steps)
     done = f"x {quota / first:.3f} in {taken} step(s)"
     device["correction"] = (f"skipped: {why_not}" if why_not and not taken else
                             f"{done}, then stopped: {why_not}" if why_not else done)

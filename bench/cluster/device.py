@@ -81,7 +81,6 @@ def measure(seconds: float = 2.0, warmup: float = 0.3, model: str = MODEL, seq: 
             F.linear(x, w)
 
     end = time.perf_counter() + max(warmup, (start_at or 0) - time.time())
-    late = max(0.0, time.time() - start_at) if start_at else 0.0
     while time.perf_counter() < end:
         one_set()
     sets, start, cpu_start = 0, time.perf_counter(), time.thread_time()
@@ -91,7 +90,7 @@ def measure(seconds: float = 2.0, warmup: float = 0.3, model: str = MODEL, seq: 
     wall, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
     return {"gflops": sets * flop_per_set / wall / 1e9, "gflops_per_cpu_s": sets * flop_per_set / cpu / 1e9,
             "wall_s": wall, "cpu_s": cpu, "sets": sets, "gflop_per_set": flop_per_set / 1e9,
-            "shapes": shapes, "model": model, "seq": seq, "late_s": round(late, 3)}
+            "shapes": shapes, "model": model, "seq": seq}
 
 
 def measure_command(seconds: float, repeat: int = 1, start_at: float | None = None) -> list[str]:

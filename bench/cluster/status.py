@@ -35,8 +35,7 @@ def measure_hosts(state: dict, seconds: float = 2.0) -> list[dict]:
         try:
             result = D.parse_result(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
             out.append({"gflops": round(result["gflops"], 2), "wall_s": round(result["wall_s"], 2),
-                        "cpu_share": round(result["cpu_s"] / result["wall_s"], 4),
-                        "late_s": result.get("late_s", 0.0)})
+                        "cpu_share": round(result["cpu_s"] / result["wall_s"], 4)})
         except (RuntimeError, ValueError, IndexError) as err:
             out.append({"error": str(err)})
     return out
