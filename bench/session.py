@@ -23,7 +23,7 @@ import torch
 
 from kernels import ModelConfig
 from parallelism import UsageError
-from parallelism.comm import Communicator, abort_job, mpi_versions, processor_name, world, world_size
+from parallelism.comm import Communicator, abort_job, mpi_versions, processor_name, progress_interval, world, world_size
 
 from . import network, records
 from .cli import unwritable
@@ -99,7 +99,8 @@ class Session:
         everyone = self.comm.allgather_object(local) if collective else [local]
         first = everyone[0]
         self.env = {**{k: first[k] for k in ("python", "torch", "threads", "cpu_model", "cpus", "git_commit")},
-                    "hostnames": [e["host"] for e in everyone], **mpi_versions(), "wait": self.comm.wait}
+                    "hostnames": [e["host"] for e in everyone], **mpi_versions(), "wait": self.comm.wait,
+                    "progress_interval_s": progress_interval()}
         if any(e["cpu_quota"] is not None for e in everyone):     # an emulated host's device speed
             self.env["cpu_quotas"] = [e["cpu_quota"] for e in everyone]
         nets = [e["network"] for e in everyone]

@@ -103,9 +103,13 @@ class _Progress:
     with it. Its own cost while a request is pending (2 local ranks, loaded machine): 4.2% of a
     core poking every 200 us, 3.0% every 500 us, 2.0% every 1 ms; 500 us adds at most half a
     millisecond per ring step, a step of a 100 KiB part taking ~0.8 ms even at 1 Gbit/s.
-    Needs MPI_THREAD_MULTIPLE (mpi4py's default); without it there is no thread."""
+    Needs MPI_THREAD_MULTIPLE (mpi4py's default); without it there is no thread. The interval
+    comes from $DETR_PROGRESS_INTERVAL_S (default 500e-6; 0: no thread, so only the strategies'
+    own tests between token spans move a posted operation). Under a CPU quota the thread's
+    pokes and the TCP work they trigger are paid from the same quota as the GEMMs
+    (docs/DESIGN.md, "Overlap under a CPU quota")."""
 
-    def __init__(self, interval: float = 500e-6):
+    def __init__(self, interval: float | None = None):
         self.interval, self.outstanding = interval, 0
         self._lock, self._wake, self._stop, self._thread = threading.Lock(), threading.Event(), False, None
 
@@ -113,7 +117,9 @@ class _Progress:
         with self._lock:
             self.outstanding += 1
             self._wake.set()
-            if self._thread is None and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+            if self.interval is None:
+                self.interval = progress_interval()
+            if self._thread is None and self.interval > 0 and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
                 self._thread = threading.Thread(target=self._run, name="mpi-progress", daemon=True)
                 self._thread.start()
 
@@ -137,6 +143,18 @@ class _Progress:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+
+
+def progress_interval() -> float:
+    """Seconds between the progress thread's pokes: $DETR_PROGRESS_INTERVAL_S, default 500e-6."""
+    value = os.environ.get("DETR_PROGRESS_INTERVAL_S", "500e-6")
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 1:
+        raise UsageError(f"DETR_PROGRESS_INTERVAL_S must be seconds in [0, 1] (0: no progress thread), got {value!r}")
+    return seconds
 
 
 class Request:
