@@ -4,6 +4,7 @@ links, same run, interleaved size by size.
     python -m bench.cluster run -- python -m bench.collectives --sizes 64k,256k,1m,4m \\
         --ops allreduce,allgather,sendrecv [--jsonl results/collectives.jsonl]
     python -m bench.cluster run -- python -m bench.collectives --bench overhead
+    python -m bench.cluster run -- python -m bench.collectives --bench overlap --sizes 384k,1536k
     mpiexec -n 4 python -m bench.collectives          # local ranks (no shaping: no bound)
 
 Sizes are per rank: the allreduce vector, each rank's allgather part, the send/recv message
@@ -21,6 +22,10 @@ what the wait costs under a CPU quota.
 given the torch tensor (DLPack), ours with the counting switched off (the cost of turning a
 tensor into an MPI buffer and of the call), ours in spin mode and ours in sleep mode. The
 recording share is (spin - counting off) / spin: what the counters and clocks cost per call.
+
+`--bench overlap`: an allreduce posted before GEMMs of about its duration, against the GEMMs
+then the allreduce: the share of communication hidden and what it costs the GEMMs
+(bench/overlap.py).
 """
 
 from __future__ import annotations
@@ -278,7 +283,9 @@ def write_jsonl(path: str | None, records: list[dict]) -> None:
 def main(argv=None) -> None:
     parser = cli.ArgumentParser(prog="python -m bench.collectives", description=__doc__,
                                 quiet_rank=world_rank() != 0)
-    parser.add_argument("--bench", choices=("collectives", "overhead"), default="collectives")
+    parser.add_argument("--bench", choices=("collectives", "overhead", "overlap"), default="collectives",
+                        help="collectives: ours against gloo; overhead: our bookkeeping; overlap: an allreduce "
+                             "posted before GEMMs against GEMMs then the allreduce (default %(default)s)")
     parser.add_argument("--sizes", type=parse_sizes, default="64k,256k,1m,4m",
                         help="bytes per rank (default %(default)s)")
     parser.add_argument("--ops", type=cli.name_list, default=list(OPS), help=f"default {','.join(OPS)}")
@@ -290,6 +297,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=cli.positive_int, default=3, help="interleaved rounds of ours/gloo per point")
     parser.add_argument("--warmup", type=cli.nonneg_int, default=1)
     parser.add_argument("--overhead-iters", type=cli.positive_int, default=2000, help="calls per variant (>= 1000)")
+    parser.add_argument("--overlap-rounds", type=cli.positive_int, default=15,
+                        help="--bench overlap: interleaved rounds per size (default %(default)s)")
     parser.add_argument("--out", "--jsonl", dest="out", type=cli.output_path,
                         help="append one JSON record per point to this file ('-' for stdout)")
     args = parser.parse_args(argv)
@@ -314,6 +323,9 @@ def main(argv=None) -> None:
     if args.bench == "overhead":
         from bench.overhead import bench_overhead
         bench_overhead(args, comm, write_jsonl)
+    elif args.bench == "overlap":
+        from bench.overlap import bench_overlap
+        bench_overlap(args, comm, write_jsonl)
     else:
         bench_collectives(args, comm)
 

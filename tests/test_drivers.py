@@ -268,7 +268,21 @@ def test_collectives_overhead_reports_recording_share(tmp_path):
     assert "recording (counters + clocks)" in r.stdout
 
 
+def test_collectives_overlap_reports_hidden_share(tmp_path):
+    """The probe runs its four variants per size and writes what the table shows (no timing
+    target: the share depends on the machine)."""
+    out = tmp_path / "o.jsonl"
+    r = run(["bench.collectives", "--bench", "overlap", "--sizes", "64k", "--overlap-rounds", "3", "--jsonl", str(out)])
+    assert r.returncode == 0, r.stderr
+    (rec,) = read_records(out)
+    assert rec["bytes"] == 65536 and rec["ranks"] == 2 and rec["gemm_pairs"] >= 1
+    assert all(rec[k] > 0 for k in ("comm_s", "compute_s", "sequential_s", "overlapped_s", "compute_inflation"))
+    assert rec["hidden_share"] == pytest.approx((rec["sequential_s"] - rec["overlapped_s"]) / rec["comm_s"])
+    assert "allreduce posted before GEMMs" in r.stdout and "hidden" in r.stdout
+
+
 @pytest.mark.parametrize("bad, message", [
+    (["--bench", "overlap", "--overlap-rounds", "0"], "--overlap-rounds"),
     (["--sizes", "3"], "invalid size '3'"), (["--ops", "alltoall"], "unknown op 'alltoall'"),
     (["--impls", "nccl"], "unknown implementation 'nccl'"), (["--rounds", "0"], "--rounds"),
     (["--bench", "overhead", "--overhead-iters", "999"], "--overhead-iters must be >= 1000")])
