@@ -32,6 +32,7 @@ from . import records
 from . import report_plots as plots
 from .cli import ArgumentParser, UsageError, run
 from .records import fmt_bytes as b, fmt_s as s, is_finite
+from .report_wire import is_base, wire_section
 from .report_data import (by_strategy_order, efficiency, families, group, load, load_peer, order, peer_matches, peer_strategies,
                           rate_bits)
 
@@ -191,10 +192,13 @@ def latency_section(lat, out_dir: Path, name: str, peers) -> tuple[list[str], li
                                                        "hosts_label").items():
             if len({r.rate_bit for r in rs} - {None}) < 2:
                 continue
-            md += rate_table(rs, model, batch, seq, P, peers)
+            # With wire dtypes or overlap varied, the strategies' fp32 runs here, the rest below
+            # (bench.report_wire) and in a plot per strategy.
+            base = [r for r in rs if is_base(r)] if families(rs) else rs
+            md += rate_table(base, model, batch, seq, P, peers)
             path = out_dir / f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}{hosts_tag(hosts)}.png".replace("/", "_")
             title = f"{model}, seq {seq}, batch {batch}, P={P}" + (f", {hosts}" if hosts else "")
-            if plots.plot_latency_vs_rate(rs, path, title, peers):
+            if plots.plot_latency_vs_rate(base, path, title, peers):
                 written.append(path)
                 md += [f"![latency vs bandwidth]({path.name})", ""]
             # Wire dtypes and overlap: per strategy one more plot, a line per configuration.
@@ -343,7 +347,7 @@ def write_report(rows, out_dir: Path, name: str, title: str | None, sources, pee
         md += ["## Notes", "", notes.strip(), ""]
     if lat:
         part, paths = latency_section(lat, out_dir, name, peers)
-        md, written = md + part, written + paths
+        md, written = md + part + wire_section(lat, md_table), written + paths
         part, paths = prediction_section(lat, out_dir, name)
         md, written = md + part, written + paths
     if thr:

@@ -408,3 +408,31 @@ def test_report_predictions_host_classes_and_tagged_arms(tmp_path):
     assert "worst 20.0%" in md and "1 of 1 picks within 5%" in md
     assert "2.40 req/s (eff 0.80*)" in md                      # 2.4 / (3 x 1.0)
     assert (tmp_path / "p-predicted-vs-measured.png").stat().st_size > 0
+
+
+def test_report_wire_section_hidden_share_and_best_bp(tmp_path):
+    """Hand-made records of one rate: the family table's ratios, the overlap share
+    (T_off - T_on) / comm_off and the fastest BP against fp32 bp(replicate), by hand."""
+    def rec(strategy, boundary, dtype, chunks, p50, comm, bus, cosine=0.99999):
+        label = strategy + "(" + ",".join([x for x in (boundary, None if dtype == "fp32" else dtype,
+                                                         f"overlap{chunks}" if chunks > 1 else None) if x]) + ")"
+        r = lat(strategy, 4, p50, rate="1gbit", bus=bus, label=label.replace("()", ""))
+        r.update(boundary=boundary, wire_dtype=dtype, overlap_chunks=chunks, comm_s=comm, mean_cosine=cosine)
+        return r
+    recs = [rec("tp", None, "fp32", 1, 0.300, 0.200, 4000), rec("tp", None, "fp32", 2, 0.200, 0.050, 4000),
+            rec("tp", None, "int8", 1, 0.150, 0.060, 1056),
+            rec("bp", "replicate", "fp32", 1, 0.400, 0.100, 1000), rec("bp", "replicate", "int8", 1, 0.390, 0.030, 264),
+            rec("bp", "tp", "fp16", 2, 0.250, 0.080, 2000), rec("bp", "tp", "fp32", 1, 0.350, 0.150, 4000)]
+    path = tmp_path / "wire.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "reports"
+    assert report.main([str(path), "--name", "w", "--out-dir", str(out), "--quiet"]) == 0
+    md = (out / "w.md").read_text()
+    rows = {}  # the first row of each name: tp's family table comes first
+    for line in md.split("## Wire dtypes and overlap")[1].splitlines():
+        if line.startswith("|"):
+            rows.setdefault(cells(line)[0], cells(line))
+    assert rows["int8"][1:3] == ["150.0ms (0.50x)", "0.264x"]          # tp int8: 0.15 / 0.30, 1056 / 4000 bytes
+    assert rows["tp fp32+overlap2"][1].startswith("+50% ")             # (0.300 - 0.200) / 0.200
+    assert rows["1gbit"][2:5] == ["bp(tp,fp16,overlap2)", "250.0ms", "0.62x"]   # 0.250 / 0.400
+    assert "#### bp(replicate)" in md and "#### bp(tp)" in md
