@@ -23,12 +23,20 @@ cross-validation on the train split (the seed draws the folds; record field prob
 `cosine_agreement` is the mean cosine between its mean-pooled embeddings and the
 original's (config.json `decoupled_from`, else --original) on each task's test texts.
 One JSONL record per (model, task, method, seed) is appended to --out; a table is printed.
+
+What a wire dtype costs in accuracy: `--strategy dp|tp|sp|bp --wire-dtype fp32,fp16,bf16,int8`
+under mpiexec encodes every text with that strategy over the ranks, its activations
+travelling in each wire dtype (parallelism/wire.py), and rank 0 scores them; records carry
+`strategy`, `wire_dtype` and `world_size`. No fine-tune then (it needs the serial layers):
+    mpiexec -n 4 python -m bench.quality --models CKPT --strategy bp --wire-dtype fp32,int8
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import sys
 import json
 import time
 from dataclasses import dataclass
@@ -40,12 +48,14 @@ import torch.nn.functional as F
 import kernels as K
 
 from parallelism.errors import UsageError
+from parallelism.wire import WIRE_DTYPES
 
 from . import records
 from .cli import ArgumentParser, bounded_int, name_list, output_path, positive_int, run, unwritable
 from .decouple import mean_pool
 from .textdata import DataError, Example, Tokenizer, bbc_news, fortunes, shipped_minilm, task_split
 
+DISTRIBUTED = ("dp", "tp", "sp", "bp")   # strategies whose output lands on rank 0
 PAIR_COLUMNS = (("sentence1", "sentence2"), ("question", "sentence"), ("text_a", "text_b"),
                 ("premise", "hypothesis"), ("question1", "question2"))
 SINGLE_COLUMNS = ("sentence", "text", "text_a")
@@ -120,12 +130,14 @@ def folder_task(folder: str, limit: int) -> Task:
 class Encoder:
     """A checkpoint (original or decoupled) and its tokenizer, turning examples into features."""
 
-    def __init__(self, folder: Path, seq: int, batch: int):
+    def __init__(self, folder: Path, seq: int, batch: int, runner=None):
+        """runner: a distributed forward (ids, mask, types) -> (B, s, h) output, instead of
+        the serial layers (a strategy's `forward`; rank 0 must hold its output)."""
         try:
             self.cfg, self.weights = K.load_checkpoint(folder)
         except K.ConfigError as err:
             raise UsageError(str(err)) from None
-        self.folder, self.seq, self.batch = folder, seq, batch
+        self.folder, self.seq, self.batch, self.runner = folder, seq, batch, runner
         self.tokenizer = Tokenizer(folder, seq)
         self.info = json.loads((folder / "config.json").read_text())
         self.below = K.ModelWeights(self.weights.embeddings, self.weights.layers[:-1])
@@ -144,6 +156,11 @@ class Encoder:
             chunk = [examples[i] for i in rows]
             pairs = [e.pair for e in chunk] if chunk[0].pair is not None else None
             ids, mask, types = self.tokenizer([e.text for e in chunk], pairs)
+            if self.runner is not None:
+                out = self.runner(ids, mask, types)
+                if out is not None:  # ranks that hold no output only take part
+                    pooled[rows] = mean_pool(out, mask)
+                continue
             x = None
             for _, x in K.block_outputs(cfg, self.below, ids, mask, types):
                 pass
@@ -287,12 +304,24 @@ def parse_args(argv=None):
     p.add_argument("--max-examples", type=positive_int, default=2000,
                    help="at most this many train and dev examples of a --task-dir (default 2000)")
     p.add_argument("--threads", type=bounded_int(1, 256, "a thread count"), default=2, help="torch threads (default 2)")
+    p.add_argument("--strategy", choices=("serial",) + DISTRIBUTED, default="serial",
+                   help="encode with this strategy over the MPI ranks (under mpiexec), its activations in each "
+                        "--wire-dtype; no fine-tune then (default serial: one process, no MPI)")
+    p.add_argument("--wire-dtype", type=name_list, default=["fp32"],
+                   help="with --strategy: wire dtypes to encode with, e.g. fp32,fp16,bf16,int8 (default fp32)")
+    p.add_argument("--boundary", choices=("replicate", "tp"), default="replicate",
+                   help="with --strategy bp: its boundary layers (default replicate)")
     p.add_argument("--out", type=output_path, default="results/quality.jsonl", help="JSONL file records are appended to")
     p.add_argument("--quiet", action="store_true", help="no progress lines or table")
     args = p.parse_args(argv)
     problem = unwritable(args.out)
     if problem:
         raise UsageError(problem)
+    bad = [w for w in args.wire_dtype if w not in WIRE_DTYPES]
+    if bad:
+        raise UsageError(f"--wire-dtype: unknown {bad[0]!r} (choose among {', '.join(WIRE_DTYPES)})")
+    if args.strategy == "serial" and args.wire_dtype != ["fp32"]:
+        raise UsageError("--wire-dtype needs --strategy (a serial run sends nothing)")
     args.tasks = [] if args.tasks == "none" else name_list(args.tasks)
     if not args.tasks and not args.task_dir:
         raise UsageError("nothing to evaluate: --tasks none and no --task-dir")
@@ -312,6 +341,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     args.env = records.local_env()
+    comm = communicator(args)
+    lead = comm is None or comm.rank == 0   # the rank that scores and writes
     tasks = [builtin_task(name) for name in args.tasks] + [folder_task(d, args.max_examples) for d in args.task_dir]
     folders = [Path(m) for m in args.models] if args.models else [shipped_minilm()]
     for folder in folders:
@@ -320,37 +351,66 @@ def main(argv=None) -> int:
     reference_cache: dict[tuple, torch.Tensor] = {}
     rows, start = [], time.perf_counter()
     for m, folder in enumerate(folders):
-        enc = Encoder(folder, args.seq, args.batch)
-        ref_folder = reference_of(enc, args.original)
-        for task in tasks:
-            say(args, f"[{m + 1}/{len(folders)}] {folder} on {task.name} ({len(task.train)} train, "
-                      f"{len(task.test)} test, {len(task.classes)} classes) | elapsed {time.perf_counter() - start:.0f}s")
-            below = task.finetune and args.finetune_epochs > 0
-            train_x, train_below, train_mask = enc.encode(task.train, below)
-            test_x, test_below, test_mask = enc.encode(task.test, below)
-            reference_cache[(str(folder.resolve()), task.name)] = test_x
-            agreement = None
-            if ref_folder is not None:
-                key = (str(ref_folder.resolve()), task.name)
-                if key not in reference_cache:
-                    reference_cache[key] = Encoder(ref_folder, args.seq, args.batch).encode(task.test)[0]
-                agreement = cosine_agreement(test_x, reference_cache[key])
-            train_y, test_y = labels_of(task, task.train), labels_of(task, task.test)
-            for seed in args.seeds:
-                results = {"probe": probe(train_x, train_y, test_x, test_y, len(task.classes), seed)}
-                results["probe_cv"], l2 = probe_cv(train_x, train_y, test_x, test_y, len(task.classes), seed)
-                if below:
-                    results["finetune"] = finetune(enc, (train_below, train_mask, train_y),
-                                                   (test_below, test_mask, test_y), len(task.classes), seed,
-                                                   args.finetune_epochs)
-                for method, accuracy in results.items():
-                    record = make_record(args, enc, task, method, seed, accuracy, agreement, ref_folder)
-                    if method == "probe_cv":
-                        record["probe_l2"] = l2
-                    records.append_jsonl(args.out, records.clean(record))
-                    rows.append(record)
-    print_table(args, rows)
+        serial = Encoder(folder, args.seq, args.batch)
+        ref_folder = reference_of(serial, args.original)
+        for wire in (args.wire_dtype if comm else [None]):
+            enc = serial if comm is None else distributed(serial, args, comm, wire)
+            for task in tasks:
+                if lead:
+                    say(args, f"[{m + 1}/{len(folders)}] {folder}{'' if wire is None else f' {args.strategy}({wire})'} "
+                              f"on {task.name} ({len(task.train)} train, {len(task.test)} test, "
+                              f"{len(task.classes)} classes) | elapsed {time.perf_counter() - start:.0f}s")
+                below = task.finetune and args.finetune_epochs > 0 and comm is None
+                train_x, train_below, train_mask = enc.encode(task.train, below)
+                test_x, test_below, test_mask = enc.encode(task.test, below)
+                if not lead:
+                    continue
+                if comm is None:   # a serial encoding is the reference of the checkpoints decoupled from it
+                    reference_cache[(str(folder.resolve()), task.name)] = test_x
+                agreement = None
+                if ref_folder is not None:
+                    key = (str(ref_folder.resolve()), task.name)
+                    if key not in reference_cache:
+                        reference_cache[key] = Encoder(ref_folder, args.seq, args.batch).encode(task.test)[0]
+                    agreement = cosine_agreement(test_x, reference_cache[key])
+                train_y, test_y = labels_of(task, task.train), labels_of(task, task.test)
+                for seed in args.seeds:
+                    results = {"probe": probe(train_x, train_y, test_x, test_y, len(task.classes), seed)}
+                    results["probe_cv"], l2 = probe_cv(train_x, train_y, test_x, test_y, len(task.classes), seed)
+                    if below:
+                        results["finetune"] = finetune(enc, (train_below, train_mask, train_y),
+                                                       (test_below, test_mask, test_y), len(task.classes), seed,
+                                                       args.finetune_epochs)
+                    for method, accuracy in results.items():
+                        record = make_record(args, enc, task, method, seed, accuracy, agreement, ref_folder)
+                        record.update(strategy=args.strategy, wire_dtype=wire, world_size=comm.size if comm else 1)
+                        if method == "probe_cv":
+                            record["probe_l2"] = l2
+                        records.append_jsonl(args.out, records.clean(record))
+                        rows.append(record)
+    if lead:
+        print_table(args, rows)
     return 0
+
+
+def communicator(args):
+    """The MPI world for --strategy runs, else None (a serial run never starts MPI)."""
+    if args.strategy == "serial":
+        return None
+    from parallelism.comm import Communicator
+    return Communicator()
+
+
+def distributed(serial: Encoder, args, comm, wire: str) -> Encoder:
+    """The same encoder, its forward run by --strategy over the ranks in wire dtype `wire`."""
+    from parallelism import STRATEGIES
+    options = {"wire_dtype": wire, **({"boundary": args.boundary} if args.strategy == "bp" else {})}
+    strategy = STRATEGIES[args.strategy](serial.cfg, serial.weights, comm, **options)
+    if comm.rank == 0 and not strategy.holds_output():
+        raise UsageError(f"--strategy {args.strategy}: rank 0 holds no output")
+    enc = copy.copy(serial)
+    enc.runner = strategy.forward
+    return enc
 
 
 def make_record(args, enc: Encoder, task: Task, method: str, seed: int, accuracy: float, agreement,
@@ -372,15 +432,16 @@ def print_table(args, rows: list[dict]) -> None:
     from tabulate import tabulate
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["task"], r["method"], r["checkpoint"]), []).append(r)
+        groups.setdefault((r["task"], r["method"], r["checkpoint"], r.get("wire_dtype")), []).append(r)
     table = []
-    for (task, method, checkpoint), rs in groups.items():
+    for (task, method, checkpoint, wire), rs in groups.items():
         acc = [100 * r["accuracy"] for r in rs]
         mean = sum(acc) / len(acc)
         agreement = rs[0]["cosine_agreement"]
-        table.append([task, method, Path(checkpoint).name, rs[0]["n_blocks"], rs[0]["n_div"], f"{mean:.2f}",
+        where = "serial" if wire is None else f"{rs[0]['strategy']}({wire}), P={rs[0]['world_size']}"
+        table.append([task, method, Path(checkpoint).name, where, rs[0]["n_blocks"], rs[0]["n_div"], f"{mean:.2f}",
                       f"{max(acc) - min(acc):.2f}", len(acc), "-" if agreement is None else f"{agreement:.4f}"])
-    print(tabulate(table, headers=["task", "method", "model", "N_b", "N_div", "accuracy %", "spread", "seeds",
+    print(tabulate(table, headers=["task", "method", "model", "run", "N_b", "N_div", "accuracy %", "spread", "seeds",
                                    "cosine vs original"], tablefmt="github", disable_numparse=True), flush=True)
     print(f"\n{len(rows)} record(s) appended to {args.out}", flush=True)
 
@@ -391,4 +452,5 @@ def say(args, message: str) -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    # Under --strategy the tool is MPI ranks: an error on one ends the whole job.
+    run(main, mpi=any(a == "--strategy" or a.startswith("--strategy=") for a in sys.argv[1:]))

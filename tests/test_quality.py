@@ -173,3 +173,31 @@ def test_report_from_records(tmp_path):
     assert "bbc probe -0.50 points (within +-1)" in text and "CPU 2-2 s per run" in text
     assert (tmp_path / "reports" / "q-distillation.png").stat().st_size > 1000
     assert (tmp_path / "reports" / "q-accuracy.png").stat().st_size > 1000
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_accuracy_per_wire_dtype_under_mpi(comm, minilm_dir, tmp_path):
+    """--strategy tp --wire-dtype fp32,int8 on every rank count: rank 0 scores both encodings
+    (real MiniLM, a small pair task) and writes one record per wire dtype, method and seed."""
+    pytest.importorskip("tokenizers", reason="tokenizers not installed (test extra)")
+    task = write_task(tmp_path / "pairs", pairs=True)
+    out = tmp_path / "q.jsonl"
+    assert Q.main(["--models", str(minilm_dir), "--tasks", "none", "--task-dir", str(task), "--seeds", "0",
+                   "--seq", "32", "--batch", "4", "--threads", "1", "--strategy", "tp", "--wire-dtype", "fp32,int8",
+                   "--out", str(out), "--quiet"]) == 0
+    if comm.rank != 0:
+        assert not out.exists()   # only rank 0 scores and writes
+        return
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["wire_dtype"], r["method"]) for r in rows) == [
+        ("fp32", "probe"), ("fp32", "probe_cv"), ("int8", "probe"), ("int8", "probe_cv")]
+    assert all(r["strategy"] == "tp" and r["world_size"] == comm.size and 0 <= r["accuracy"] <= 1 for r in rows)
+
+
+def test_wire_dtype_needs_a_strategy(capsys, tmp_path):
+    code, _, err = ran(capsys, ["--tasks", "none", "--task-dir", str(tmp_path), "--wire-dtype", "int8"])
+    assert code == 2 and "--wire-dtype needs --strategy" in err
+    code, _, err = ran(capsys, ["--tasks", "none", "--task-dir", str(tmp_path), "--strategy", "tp",
+                                "--wire-dtype", "int4"])
+    assert code == 2 and "unknown 'int4'" in err
