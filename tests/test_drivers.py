@@ -116,6 +116,7 @@ def test_latency_wire_bytes_and_network_from_interface(tmp_path):
     assert r.returncode == 0, r.stderr
     rec = read_records(out)[0]
     assert isinstance(rec["wire_bytes_per_rank"], (int, float)) and rec["rate"] == "100mbit"
+    assert rec["env"]["progress_interval_s"] == 500e-6   # the progress thread's default poke
     if rec["network"] is not None:  # None where tc cannot be read
         assert all(h["iface"] == "lo" for h in rec["network"]["per_host"])
 
@@ -133,6 +134,16 @@ def test_bad_input_one_line_exit_2_on_every_rank(args, message, tmp_path):
     lines = program_lines(r.stderr)
     assert len(lines) == 2 and all(line.startswith("error: ") and message in line for line in lines), r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "nan"])
+def test_bad_progress_interval_is_one_line_exit_2(value, tmp_path):
+    out = tmp_path / "x.jsonl"
+    r = run(["bench.latency", *TINY, "--strategies", "tp", "--out", str(out)], env={"DETR_PROGRESS_INTERVAL_S": value})
+    assert r.returncode == 2, r.stdout + r.stderr
+    lines = program_lines(r.stderr)
+    assert len(lines) == 2 and all("DETR_PROGRESS_INTERVAL_S must be seconds" in line for line in lines), r.stderr
+    assert not out.exists()
 
 
 def test_explicit_misfit_errors_default_skips(tmp_path):
