@@ -45,7 +45,7 @@ import torch  # noqa: E402
 
 from bench import cli, network as N  # noqa: E402
 from bench.records import append_jsonl, env_block, local_env  # noqa: E402
-from parallelism.comm import Communicator, mpi_versions, processor_name, world_rank  # noqa: E402
+from parallelism.comm import Communicator, mpi_versions, processor_name, progress_interval, world_rank  # noqa: E402
 from parallelism.errors import UsageError  # noqa: E402
 from parallelism.traffic import bus_bytes as rule_bus_bytes  # noqa: E402
 
@@ -192,9 +192,7 @@ def bench_collectives(args, comm: Communicator) -> None:
     if comm.size < 2:
         ops = [o for o in ops if o != "sendrecv"]
     iface = N.wire_iface()
-    net = N.describe_network(iface)
-    rates = comm.allgather_object(net["rate_bit"] if net else None)
-    rate_bit = None if any(r is None for r in rates) else min(rates)
+    rate_bit, net = link_rate(comm, iface)
     dist = init_gloo(comm) if "gloo" in impls else None
     host = processor_name()
     hosts = comm.allgather_object(host)
@@ -268,6 +266,14 @@ def bench_collectives(args, comm: Communicator) -> None:
 ENV: dict = {}  # the run's env block (bench.records.env_block), filled in by main
 
 
+def link_rate(comm: Communicator, iface) -> tuple[int | None, dict | None]:
+    """(the lowest shaped rate over the ranks' interfaces, None if any is unshaped or unknown;
+    this rank's network description)."""
+    net = N.describe_network(iface)
+    rates = comm.allgather_object(net["rate_bit"] if net else None)
+    return (None if any(r is None for r in rates) else min(rates)), net
+
+
 def write_jsonl(path: str | None, records: list[dict]) -> None:
     """Each record one atomic line (bench.records.append_jsonl), or JSON lines on stdout for '-'."""
     if not path:
@@ -319,7 +325,8 @@ def main(argv=None) -> None:
         raise UsageError(problem)
     torch.set_num_threads(1)
     comm = Communicator()
-    ENV.update(local_env(), hostnames=comm.allgather_object(processor_name()), **mpi_versions(), wait=comm.wait)
+    ENV.update(local_env(), hostnames=comm.allgather_object(processor_name()), **mpi_versions(), wait=comm.wait,
+               progress_interval_s=progress_interval())
     if args.bench == "overhead":
         from bench.overhead import bench_overhead
         bench_overhead(args, comm, write_jsonl)

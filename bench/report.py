@@ -194,7 +194,10 @@ def latency_section(lat, out_dir: Path, name: str, peers) -> tuple[list[str], li
                 continue
             # With wire dtypes or overlap varied, the strategies' fp32 runs here, the rest below
             # (bench.report_wire) and in a plot per strategy.
-            base = [r for r in rs if is_base(r)] if families(rs) else rs
+            varied = families(rs)
+            base = [r for r in rs if is_base(r) or (r.strategy + (f"({r.boundary})" if r.boundary else "")) not in varied]
+            if not base:
+                continue
             md += rate_table(base, model, batch, seq, P, peers)
             path = out_dir / f"{name}-latency-vs-bandwidth-{model}-P{P}-s{seq}{hosts_tag(hosts)}.png".replace("/", "_")
             title = f"{model}, seq {seq}, batch {batch}, P={P}" + (f", {hosts}" if hosts else "")

@@ -22,6 +22,11 @@ from .records import fmt_s as s, is_finite
 from .report_data import families, group
 
 
+def hidden_share(t_off: float, t_on: float, comm_off: float) -> float:
+    """The share of communication overlap hides: (T_off - T_on) / comm_off (negative: it cost)."""
+    return (t_off - t_on) / comm_off
+
+
 def config(row) -> str:
     """'fp32', 'int8+overlap2', ... (the row's place within its family)."""
     chunks = row.overlap_chunks or 1
@@ -48,9 +53,9 @@ def rate_of(row) -> str:
 
 
 def by_rate(rows) -> "OrderedDict[str, list]":
-    """Rows by link rate, slowest first ('unshaped' for records without a rate)."""
+    """Rows by link rate, slowest first ('unshaped', records without a rate, last)."""
     out: OrderedDict = OrderedDict()
-    for r in sorted(rows, key=lambda r: r.rate_bit or 0):
+    for r in sorted(rows, key=lambda r: r.rate_bit or float("inf")):
         out.setdefault(rate_of(r), []).append(r)
     return out
 
@@ -83,7 +88,7 @@ def family_table(family: str, rows, md_table) -> list[str]:
 
 
 def overlap_table(fams, md_table) -> list[str]:
-    rows, rates = [], []
+    rows = []
     for family, frs in fams.items():
         cell = {(config(r), rate_of(r)): r for r in reversed(frs)}
         for dtype in sorted({r.wire_dtype or "fp32" for r in frs}, key=config_key):
@@ -91,16 +96,16 @@ def overlap_table(fams, md_table) -> list[str]:
             for on in ons:
                 line = [f"{family} {on}"]
                 for rate in by_rate(frs):
-                    rates += [rate] if rate not in rates else []
                     off, r = cell.get((dtype, rate)), cell.get((on, rate))
                     if off is None or r is None or not (is_finite(off.comm_s) and off.comm_s > 0):
                         line.append((rate, "-"))
                         continue
-                    hidden = (off.p50 - r.p50) / off.comm_s
+                    hidden = hidden_share(off.p50, r.p50, off.comm_s)
                     line.append((rate, f"{100 * hidden:+.0f}% ({s(off.p50)} -> {s(r.p50)}, comm {s(off.comm_s)})"))
                 rows.append(line)
     if not rows:
         return []
+    rates = list(by_rate([r for frs in fams.values() for r in frs]))
     table = [[line[0]] + [dict(line[1:]).get(rate, "-") for rate in rates] for line in rows]
     return ["### Communication hidden by overlap", "",
             "(T_off - T_on) / comm_off: p50 latency without and with overlap, over the slowest rank's time "
@@ -110,7 +115,9 @@ def overlap_table(fams, md_table) -> list[str]:
 
 
 def best_bp_table(rows, md_table) -> list[str]:
-    bps = [r for r in rows if r.strategy == "bp" and is_finite(r.p50)]
+    # Runs whose output passed the check, not the planner's picks (auto:), one checkpoint shape.
+    bps = [r for r in rows if r.strategy == "bp" and is_finite(r.p50) and r.output_check in (None, "ok")
+           and not r.label.startswith("auto:")]
     table = []
     for rate, rs in by_rate(bps).items():
         base = next((r for r in rs if is_base(r) and (r.boundary or "replicate") == "replicate"), None)
@@ -131,7 +138,8 @@ def best_bp_table(rows, md_table) -> list[str]:
 
 def wire_section(lat, md_table) -> list[str]:
     md = []
-    for (model, batch, seq, P, hosts), rs in group(lat, "model", "batch", "seq", "world_size", "hosts_label").items():
+    for (model, batch, seq, P, hosts, _, _), rs in group(lat, "model", "batch", "seq", "world_size", "hosts_label",
+                                                          "n_blocks", "n_div").items():
         fams = families(rs)
         if not fams:
             continue

@@ -211,6 +211,7 @@ class Communicator:
             raise UsageError(f"wait mode must be 'spin' or 'sleep', got {self.wait!r}")
         self._spin = self.wait == "spin"
         self.sleep_s = sleep_s
+        PROGRESS.interval = progress_interval()   # checked here: a bad value ends every rank at start-up
         self._sibling = None
         self.reset()
 

@@ -201,3 +201,18 @@ def test_wire_dtype_needs_a_strategy(capsys, tmp_path):
     code, _, err = ran(capsys, ["--tasks", "none", "--task-dir", str(tmp_path), "--strategy", "tp",
                                 "--wire-dtype", "int4"])
     assert code == 2 and "unknown 'int4'" in err
+
+
+def test_strategy_that_cannot_run_a_model_is_refused_before_any_encoding(minilm_dir, tmp_path):
+    """bp needs a decoupled checkpoint: one line, exit 2, no record (a singleton MPI run)."""
+    import subprocess
+    import sys
+    task = write_task(tmp_path / "pairs", pairs=True)
+    out = tmp_path / "q.jsonl"
+    r = subprocess.run([sys.executable, "-m", "bench.quality", "--models", str(minilm_dir), "--tasks", "none",
+                        "--task-dir", str(task), "--strategy", "bp", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "bp runs a decoupled model" in r.stderr and not out.exists()
+    assert Q.runs_ranks(["--strategy", "tp"]) and Q.runs_ranks(["--strategy=bp"])
+    assert not Q.runs_ranks(["--strategy", "serial"]) and not Q.runs_ranks(["--seeds", "0"])
