@@ -36,8 +36,8 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import sys
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +48,7 @@ import torch.nn.functional as F
 import kernels as K
 
 from parallelism.errors import UsageError
-from parallelism.wire import WIRE_DTYPES
+from parallelism.wire import check_dtype
 
 from . import records
 from .cli import ArgumentParser, bounded_int, name_list, output_path, positive_int, run, unwritable
@@ -317,9 +317,8 @@ def parse_args(argv=None):
     problem = unwritable(args.out)
     if problem:
         raise UsageError(problem)
-    bad = [w for w in args.wire_dtype if w not in WIRE_DTYPES]
-    if bad:
-        raise UsageError(f"--wire-dtype: unknown {bad[0]!r} (choose among {', '.join(WIRE_DTYPES)})")
+    for wire in args.wire_dtype:
+        check_dtype("--wire-dtype", wire)
     if args.strategy == "serial" and args.wire_dtype != ["fp32"]:
         raise UsageError("--wire-dtype needs --strategy (a serial run sends nothing)")
     args.tasks = [] if args.tasks == "none" else name_list(args.tasks)
@@ -424,8 +423,6 @@ def distributed(serial: Encoder, args, comm, wire: str) -> Encoder:
     """The same encoder, its forward run by --strategy over the ranks in wire dtype `wire`."""
     from parallelism import STRATEGIES
     strategy = STRATEGIES[args.strategy](serial.cfg, serial.weights, comm, **strategy_options(args, wire))
-    if comm.rank == 0 and not strategy.holds_output():
-        raise UsageError(f"--strategy {args.strategy}: rank 0 holds no output")
     enc = copy.copy(serial)
     enc.runner = strategy.forward
     return enc

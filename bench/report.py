@@ -32,9 +32,9 @@ from . import records
 from . import report_plots as plots
 from .cli import ArgumentParser, UsageError, run
 from .records import fmt_bytes as b, fmt_s as s, is_finite
-from .report_wire import is_base, wire_section
-from .report_data import (by_strategy_order, efficiency, families, group, load, load_peer, order, peer_matches, peer_strategies,
-                          rate_bits)
+from .report_wire import wire_section
+from .report_data import (by_strategy_order, efficiency, families, family_of, group, is_base, load, load_peer, order,
+                          peer_matches, peer_strategies, rate_bits)
 
 LATENCY_INTRO = (
     "Latency is one whole forward, per iteration the maximum over ranks, after a barrier. "
@@ -195,7 +195,7 @@ def latency_section(lat, out_dir: Path, name: str, peers) -> tuple[list[str], li
             # With wire dtypes or overlap varied, the strategies' fp32 runs here, the rest below
             # (bench.report_wire) and in a plot per strategy.
             varied = families(rs)
-            base = [r for r in rs if is_base(r) or (r.strategy + (f"({r.boundary})" if r.boundary else "")) not in varied]
+            base = [r for r in rs if is_base(r) or family_of(r) not in varied]
             if not base:
                 continue
             md += rate_table(base, model, batch, seq, P, peers)

@@ -313,11 +313,21 @@ def peer_series(peer: dict) -> dict:
     return {k: sorted(v) for k, v in out.items()}
 
 
+def is_base(row: Row) -> bool:
+    """An fp32 run without overlap (records made before wire dtypes count as one)."""
+    return (row.wire_dtype or "fp32") == "fp32" and (row.overlap_chunks or 1) == 1
+
+
+def family_of(row: Row) -> str:
+    """The strategy, and bp's boundary: 'tp', 'bp(replicate)'."""
+    return row.strategy + (f"({row.boundary})" if row.boundary else "")
+
+
 def families(rows) -> "OrderedDict[str, list]":
     """Rows by strategy (and bp boundary), when some of them vary the wire dtype or overlap."""
-    if all(r.wire_dtype in (None, "fp32") and (r.overlap_chunks or 1) == 1 for r in rows):
+    if all(is_base(r) for r in rows):
         return OrderedDict()
     out: OrderedDict = OrderedDict()
     for r in rows:
-        out.setdefault(r.strategy + (f"({r.boundary})" if r.boundary else ""), []).append(r)
+        out.setdefault(family_of(r), []).append(r)
     return OrderedDict((k, v) for k, v in out.items() if len({r.label for r in v}) > 1)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from .records import fmt_s as s, is_finite
-from .report_data import families, group
+from .report_data import families, group, is_base
 
 
 def hidden_share(t_off: float, t_on: float, comm_off: float) -> float:
@@ -31,10 +31,6 @@ def config(row) -> str:
     """'fp32', 'int8+overlap2', ... (the row's place within its family)."""
     chunks = row.overlap_chunks or 1
     return (row.wire_dtype or "fp32") + (f"+overlap{chunks}" if chunks > 1 else "")
-
-
-def is_base(row) -> bool:
-    return (row.wire_dtype or "fp32") == "fp32" and (row.overlap_chunks or 1) == 1
 
 
 CONFIG_ORDER = ("fp32", "fp16", "bf16", "int8")

@@ -109,7 +109,7 @@ class _Progress:
     pokes and the TCP work they trigger are paid from the same quota as the GEMMs
     (docs/DESIGN.md, "Overlap under a CPU quota")."""
 
-    def __init__(self, interval: float | None = None):
+    def __init__(self, interval: float = 500e-6):
         self.interval, self.outstanding = interval, 0
         self._lock, self._wake, self._stop, self._thread = threading.Lock(), threading.Event(), False, None
 
@@ -117,8 +117,6 @@ class _Progress:
         with self._lock:
             self.outstanding += 1
             self._wake.set()
-            if self.interval is None:
-                self.interval = progress_interval()
             if self._thread is None and self.interval > 0 and MPI.Query_thread() == MPI.THREAD_MULTIPLE:
                 self._thread = threading.Thread(target=self._run, name="mpi-progress", daemon=True)
                 self._thread.start()
