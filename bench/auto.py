@@ -4,8 +4,10 @@ its hosts, and write the prediction beside the measurement, so every run checks 
 - `--profile FILE`: the hosts' profile (bench.profile); without it `auto` profiles the
   launched hosts first (their kernels at this request shape, links, collectives).
 - `--strategies auto`: the planner (bench.planner) ranks every placement on the profile;
-  the winner runs, on a sub-communicator of the hosts it uses (in its order; hosts it
-  leaves idle wait without spinning). Its record carries `plan` and `predicted_*`.
+  placements predicted within the model's error of the winner are timed briefly first
+  (bench.trial; latency objective, `--trials 1` turns it off) and the fastest runs, on a
+  sub-communicator of the hosts it uses (in its order; hosts it leaves idle wait without
+  spinning). Its record carries `plan`, `predicted_*` and `trial`.
 - `--profile` without auto: every record carries the prediction of its own placement
   (`predicted_latency_s` ...), for measured-against-predicted checks of every strategy.
 
@@ -19,9 +21,8 @@ from dataclasses import dataclass
 
 from parallelism import STRATEGIES, UsageError
 
-from . import costmodel, machine as M, planner, profiles
-from .models import Model, resolve_model
-from .plans import Plan
+from . import costmodel, machine as M, planner, profiles, trial
+from .models import Model
 
 
 def on_root(session, work):
@@ -67,10 +68,12 @@ class Choice:
     placement: planner.Placement
     fields: dict
     why: list[str]
+    contenders: list[tuple[planner.Placement, dict]]   # to time before committing (bench.trial)
+    names: list[str]
 
 
 def choose(session, opts, model: Model, profile: dict, objective: str, batch: int, seq: int) -> Choice:
-    """The planner's winner (computed on rank 0, the same on every rank)."""
+    """The planner's winner and its contenders (computed on rank 0, the same on every rank)."""
     def pick():
         mach = M.build(profile)
         names = [h.name for h in mach.hosts]
@@ -81,8 +84,11 @@ def choose(session, opts, model: Model, profile: dict, objective: str, batch: in
             reasons = "; ".join(f"{r.label}: {r.reason}" for r in refused[:3])
             raise UsageError(f"--strategies auto: no placement fits ({reasons})")
         win = ranked[0]
+        trials = opts.trials if objective == "latency" else 1  # a trial times single forwards
+        rivals = trial.contenders(ranked, opts.trial_margin, trials)
         return Choice(win.placement, fields_of(win.placement, win.prediction, names, mach),
-                      planner.why(ranked, names)[:4])
+                      planner.why(ranked, names)[:4],
+                      [(r.placement, fields_of(r.placement, r.prediction, names, mach)) for r in rivals], names)
     return on_root(session, pick)
 
 
@@ -92,16 +98,18 @@ def enter(session, opts, model: Model, objective: str, batch: int, seq: int, mak
     call `leave(world_session)` at the end."""
     profile = obtain_profile(session, opts, model, [(batch, seq)])
     choice = choose(session, opts, model, profile, objective, batch, seq)
-    p = choice.placement
     for line in choice.why:
         session.say(line)
-    session.say(f"--strategies auto: running {choice.fields['plan']['label']}, predicted "
-                f"{choice.fields['predicted_latency_s'] * 1e3:.1f} ms")
-    if p.n_blocks is not None and model.checkpoint is None:
-        model = resolve_model(opts.model, p.n_blocks, p.n_div, opts.seed)
-    label = f"auto:{p.strategy}" + (f"({p.opts['boundary']})" if "boundary" in p.opts else "")
-    options = {k: v for k, v in p.opts.items() if v is not None}
-    plan = Plan(p.strategy, STRATEGIES[p.strategy], options, label)
+    p, fields = choice.placement, choice.fields
+    if len(choice.contenders) > 1:
+        session.say(f"--strategies auto: timing the {len(choice.contenders)} placements predicted within "
+                    f"{100 * opts.trial_margin:.0f}% of the winner ({trial.TRIAL_ITERS} forwards each, median)")
+        best, rows = trial.run_trials(session, opts, model, choice.contenders, batch, seq, choice.names)
+        p, fields = choice.contenders[best]
+        fields = {**fields, "trial": rows}
+    session.say(f"--strategies auto: running {fields['plan']['label']}, predicted "
+                f"{fields['predicted_latency_s'] * 1e3:.1f} ms")
+    model, plan = trial.model_for(opts, model, p), trial.plan_of(p)
     ranks = list(p.hosts)
     if ranks == list(range(session.size)):
         chosen = session
@@ -110,7 +118,6 @@ def enter(session, opts, model: Model, objective: str, batch: int, seq: int, mak
                                  key=ranks.index(session.rank) if session.rank in ranks else 0)
         chosen = make_session(sub) if sub is not None else None
     if chosen is not None:
-        fields = choice.fields
         chosen.predict = lambda record: fields
     return chosen, model, [plan]
 

@@ -17,7 +17,7 @@ from parallelism.comm import world_rank
 from parallelism.wire import WIRE_DTYPES
 from parallelism.wire_ops import REDUCE_MODES
 
-from .cli import ArgumentParser, bounded_int, name_list, output_path, positive_int
+from .cli import ArgumentParser, bounded_int, finite_float, name_list, output_path, positive_int
 
 DEFAULT_STRATEGIES = ("dp", "pp", "tp", "sp", "bp")
 BOUNDARIES = ("replicate", "tp")
@@ -25,6 +25,10 @@ MAX_RANKS = 4096        # upper bounds keep a typo from running for hours or ove
 MAX_THREADS = 256
 MAX_SEED = 2**31 - 1
 MAX_ITERS = 100_000
+# --strategies auto times the placements predicted within TRIAL_MARGIN of the winner (bench.trial):
+# the cost model's worst |error| over 56 predictions in reports/emulated-4host-planner-run3.md.
+TRIAL_MARGIN = 0.25
+TRIAL_LIMIT = 3          # placements timed at most (each costs a build and a few forwards)
 
 
 @dataclass
@@ -42,6 +46,8 @@ class Options:
     micro_batches: int | None = None
     stages: str | None = None
     profile: str | None = None
+    trials: int = TRIAL_LIMIT
+    trial_margin: float = TRIAL_MARGIN
     wire_dtype: list[str] = field(default_factory=lambda: ["fp32"])
     wire_reduce: str = "auto"
     overlap: list[str] = field(default_factory=lambda: ["off"])
@@ -130,6 +136,14 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
         s.add_argument("--profile", default=None,
                        help="a profile of these hosts (python -m bench.profile): auto plans with it, and "
                             "every record gets the prediction of its placement (predicted_latency_s)")
+        s.add_argument("--trials", type=bounded_int(1, 16, "a trial count"), default=TRIAL_LIMIT,
+                       help="auto, latency: time the best placement of each strategy predicted within "
+                            f"--trial-margin of the winner, at most this many, and run the fastest (default "
+                            f"{TRIAL_LIMIT}; 1: run the predicted winner untimed)")
+        s.add_argument("--trial-margin", type=finite_float(0.0, 10.0), default=TRIAL_MARGIN,
+                       help="auto: how far behind the winner's prediction a placement may be and still be timed, "
+                            f"as a fraction (default {TRIAL_MARGIN}: the cost model's worst error measured on the "
+                            "emulated cluster)")
         s.add_argument("--boundary", type=name_list, default=["replicate"],
                        help="bp boundary layers: replicate, tp, or both 'replicate,tp' (default replicate)")
         s.add_argument("--assignment", type=assignment, default=None,

@@ -127,6 +127,8 @@ def test_latency_wire_bytes_and_network_from_interface(tmp_path):
     (["--model", "/no/such/folder"], "neither a preset"),
     (["--model", "tiny", "--seq", "16", "--strategies", "bp", "--ndiv", "3"], "n_div"),
     (["--model", "tiny", "--seq", "16", "--out", "/proc/no/such.jsonl"], "cannot write"),
+    (["--strategies", "auto", "--trials", "0"], "--trials"),
+    (["--strategies", "auto", "--trial-margin", "nan"], "--trial-margin"),
 ])
 def test_bad_input_one_line_exit_2_on_every_rank(args, message, tmp_path):
     r = run(["bench.latency", "--out", str(tmp_path / "x.jsonl"), *args])

@@ -9,7 +9,7 @@ import json
 import pytest
 
 import kernels as K
-from bench import cli, costmodel, machine as M, plan as plan_tool, planner, profiles
+from bench import cli, costmodel, machine as M, plan as plan_tool, planner, profiles, trial
 from parallelism import STRATEGIES
 
 TINY = K.preset("tiny")
@@ -180,6 +180,21 @@ def test_a_slow_host_is_left_idle():
     mach = M.build(hand_profile(hosts=2), speeds=[1.0, 0.01])
     ranked, _ = planner.plan(TINY, mach, 1, 8)
     assert ranked[0].placement.hosts == (0,)
+
+
+def test_contenders_are_the_best_of_each_family_within_the_margin():
+    mach = M.build(hand_profile(hosts=2))
+    ranked, _ = planner.plan(TINY, mach, 1, 8)
+    best = planner.best_per_family(ranked)
+    win = best[0].prediction.latency_s
+    wide = trial.contenders(ranked, margin=10.0, limit=16)
+    assert wide == best            # one per family, in rank order
+    within = trial.contenders(ranked, margin=0.2, limit=16)
+    assert within[0] is ranked[0] and all(r.prediction.latency_s <= 1.2 * win for r in within)
+    assert [r for r in best if r.prediction.latency_s <= 1.2 * win] == within
+    assert trial.contenders(ranked, margin=10.0, limit=2) == best[:2]
+    assert trial.contenders(ranked, margin=10.0, limit=1) == [ranked[0]]
+    assert trial.contenders([], margin=1.0, limit=3) == []
 
 
 BASE = K.preset("bert-base")

@@ -65,6 +65,28 @@ def test_auto_runs_the_pick_and_records_the_prediction(tiny_profile, tmp_path):
     assert rec["output_check"] == "ok"
 
 
+def test_auto_times_the_near_ties_and_runs_the_fastest(tiny_profile, tmp_path):
+    out = tmp_path / "trial.jsonl"
+    proc = mpi("bench.latency", "--model", "tiny", "--seq", "16", "--strategies", "auto", "--profile",
+               str(tiny_profile), "--trial-margin", "10", "--trials", "3", "--iters", "2", "--warmup", "1",
+               "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    [rec] = records(out)
+    rows = rec["trial"]
+    assert len(rows) == 3 and len({r["plan"] for r in rows}) == 3
+    assert all(r["trial_latency_s"] > 0 and r["predicted_latency_s"] > 0 for r in rows)
+    fastest = min(rows, key=lambda r: r["trial_latency_s"])
+    assert rec["plan"]["label"] == fastest["plan"]
+    assert rec["predicted_latency_s"] == fastest["predicted_latency_s"]   # the prediction of what ran
+    assert rec["output_check"] == "ok"
+    assert "trial " in proc.stdout
+    untimed = tmp_path / "untimed.jsonl"
+    proc = mpi("bench.latency", "--model", "tiny", "--seq", "16", "--strategies", "auto", "--profile",
+               str(tiny_profile), "--trials", "1", "--iters", "1", "--warmup", "0", "--out", str(untimed), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "trial" not in records(untimed)[0]
+
+
 def test_throughput_auto(tiny_profile, tmp_path):
     out = tmp_path / "thr.jsonl"
     proc = mpi("bench.throughput", "--model", "tiny", "--seq", "16", "--requests", "2", "--strategies", "auto",
