@@ -17,9 +17,13 @@ their `weights_bytes` and `expected_traffic`, and a profile (bench.profiles). Pe
         parallelism) starts when its sender is done and its link is free, and the
         receiver's next compute waits for it, while the sender goes on. Communication costs
         CPU, which comes out of the quota: a rank waiting for a late peer burns the profiled
-        wait_cpu_fraction of a core, and once all have arrived each rank runs the fitted
-        cpu_alpha + cpu_beta x bytes of CPU work (copies, TCP, MPI's progress engine) through
-        its quota; the collective ends when both the wire and the slowest of those are done.
+        wait_cpu_fraction of a core, and once all have arrived each rank goes on polling at
+        that fraction while the bytes move and runs the fitted cpu_alpha + cpu_beta x bytes of
+        CPU work (copies, TCP, MPI's progress engine), spread over the transfer, through its
+        quota; the collective ends when both the wire and the slowest of those are done. (A
+        0.2-core host polling at 0.1 of a core through a long transfer has half its budget
+        left for compute: without this the model was 20-28% fast for bp(tp) and sp on
+        unequal hosts, reports/emulated-4host-planner-run4.md.)
 
 A forward's latency is when the last rank is done; the breakdown (compute, throttled,
 comm) follows the critical path. Several forwards are simulated after one another (each
@@ -310,8 +314,12 @@ def _forward(steps, seconds, shares, costs, cpus, now: float, wait: float) -> tu
             last = ready[slowest]
             for r in range(world):               # the early ones wait (and poll) for the last
                 cpus[r].spend(ready[r], last, wait)
-            # then the wire and each rank's CPU work for it (under its quota): whichever takes longer
-            end = max([last + cost] + ([cpus[r].run(last, busy) for r in range(world)] if busy > 0 else []))
+            # then the wire, during which each rank keeps polling (wait) and does the collective's
+            # own CPU work (busy), spread over the transfer, under its quota: a rank whose quota
+            # runs out stops moving its share and the collective waits for the next period.
+            cpu = busy + wait * cost
+            share = min(1.0, cpu / cost) if cost > 0 else 1.0
+            end = max([last + cost] + ([cpus[r].run(last, cpu, share) for r in range(world)] if cpu > 0 else []))
             c, th, cm = path[slowest]
             clock, path = [end] * world, [(c, th + last - clock[slowest], cm + end - last)] * world
     for r in range(world):                       # isends complete before the forward returns

@@ -11,6 +11,7 @@ import pytest
 import kernels as K
 from bench import cli, costmodel, machine as M, plan as plan_tool, planner, profiles, trial
 from parallelism import STRATEGIES
+from parallelism.schedule import Step
 
 TINY = K.preset("tiny")
 GFLOPS = 1e9          # every kernel: 1 GFLOP/s at full speed
@@ -133,6 +134,28 @@ def test_communication_cpu_by_hand():
     profile["wait_cpu_fraction"] = 7
     with pytest.raises(cli.UsageError, match="wait_cpu_fraction"):
         profiles.validate(profile)
+
+
+def test_polling_through_a_long_transfer_spends_the_quota_by_hand():
+    # One 200 ms allgather between two hosts that only communicate. Each rank polls at 0.3 of
+    # a core while the bytes move: 60 ms of CPU. Unlimited, the wire sets the time; under a
+    # 0.2-core quota (20 ms per 100 ms period) the host runs its 20 ms at 0.3 of a core, in
+    # 66.7 ms, then waits for the next period, three times: the collective ends at 0.2667 s.
+    # (On the emulated cluster this is what a 0.2-core host does to bp(tp) and sp:
+    # reports/emulated-4host-planner-run4.md.)
+    step = Step(((), ()), "allgather", (1000, 1000), 2000)
+    wire = costmodel.cost_bytes("allgather", step.parts, step.whole, 2)
+    fits = {("allgather", 2): costmodel.Fit(0.0, 0.2 / wire, cpu_alpha=0.0, cpu_beta=0.0),
+            ("allreduce", 2): costmodel.Fit(0.0, 1e-15)}          # the barrier between forwards
+    network = costmodel.Network(fits, {}, wait_fraction=0.3)
+
+    def latency(quota):
+        hosts = [costmodel.Host("h0", quota, {}, 0, 0), costmodel.Host("h1", None, {}, 0, 0)]
+        return costmodel.simulate([step], TINY, hosts, (0, 1), network, shifts=1, forwards=0).latency_s
+
+    assert latency(None) == pytest.approx(0.2)
+    assert latency(0.5) == pytest.approx(0.2)          # 30 ms per period fits in its 50 ms
+    assert latency(0.2) == pytest.approx(0.2 + 0.2 / 3)
 
 
 def test_quota_slows_long_compute_not_short_bursts():
