@@ -123,7 +123,8 @@ class Cpu:
 
     def run(self, start: float, seconds: float, share: float = 1.0) -> float:
         """Run `seconds` of full-speed work from `start` on `share` of a core (hosts sharing a
-        machine's cores); returns when it is done. The quota counts CPU time, not wall time."""
+        machine's cores; a collective's polling and CPU work spread over its transfer); returns
+        when it is done. The quota counts CPU time, not wall time."""
         if self.budget is None:
             return start + seconds / share
         t = start
@@ -317,11 +318,15 @@ def _forward(steps, seconds, shares, costs, cpus, now: float, wait: float) -> tu
             # then the wire, during which each rank keeps polling (wait) and does the collective's
             # own CPU work (busy), spread over the transfer, under its quota: a rank whose quota
             # runs out stops moving its share and the collective waits for the next period.
-            cpu = busy + wait * cost
+            # Polling only fills time the wire leaves idle (a spinning rank, wait ~1, is done
+            # when the wire is), so the CPU is at most max(busy, cost).
+            cpu = min(busy + wait * cost, max(busy, cost))
             share = min(1.0, cpu / cost) if cost > 0 else 1.0
             end = max([last + cost] + ([cpus[r].run(last, cpu, share) for r in range(world)] if cpu > 0 else []))
-            c, th, cm = path[slowest]
-            clock, path = [end] * world, [(c, th + last - clock[slowest], cm + end - last)] * world
+            unthrottled = last + max(cost, cpu)
+            c, th, cm = path[slowest]           # waits for the quota count as throttled, not comm
+            throttled = th + last - clock[slowest] + end - unthrottled
+            clock, path = [end] * world, [(c, throttled, cm + unthrottled - last)] * world
     for r in range(world):                       # isends complete before the forward returns
         if sends_end[r] > clock[r]:
             c, th, cm = path[r]

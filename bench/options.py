@@ -25,9 +25,7 @@ MAX_RANKS = 4096        # upper bounds keep a typo from running for hours or ove
 MAX_THREADS = 256
 MAX_SEED = 2**31 - 1
 MAX_ITERS = 100_000
-# --strategies auto times the placements predicted within TRIAL_MARGIN of the winner (bench.trial):
-# the cost model's worst |error| over 56 predictions in reports/emulated-4host-planner-run3.md.
-TRIAL_MARGIN = 0.25
+TRIAL_MARGIN = 0.25      # --strategies auto times the near-ties within this of the winner (bench.trial: why)
 TRIAL_LIMIT = 3          # placements timed at most (each costs a build and a few forwards)
 
 

@@ -222,7 +222,8 @@ def run_op(sub, op: str, whole: int, reps: int) -> tuple[int, float, float]:
 def wait_cpu_fraction(comm, seconds: float = 0.06, reps: int = 3) -> float:
     """CPU seconds per second that a rank burns while it waits in an MPI call for a late peer
     (the communicator's wait: spin or sleep-poll), the mean over the waiting ranks: the cost
-    model charges it to every rank that arrives at a collective before the last one."""
+    model charges it to every rank that arrives at a collective before the last one, and to
+    every rank while the collective's bytes move (it polls then too)."""
     fractions = []
     for _ in range(reps):
         comm.sync()

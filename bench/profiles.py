@@ -19,7 +19,8 @@ A profile is one JSON object (schema `detr-profile/1`):
                  `world` hosts, bytes as `costmodel.cost_bytes` counts them; residual: RMS
                  relative error of the fit; CPU seconds per rank beyond waiting =
                  cpu_alpha + cpu_beta x bytes (fitted the same way; cpu_fraction: CPU / wall)
-    wait_cpu_fraction  the share of a core a rank burns while it waits in MPI for a late peer
+    wait_cpu_fraction  the share of a core a rank burns while it waits in MPI (for a late peer
+                 or for the bytes to move)
     (machine_id, cpu_alpha_s, cpu_beta_s_per_byte and wait_cpu_fraction are absent from
     profiles made before they existed: the cost model then charges cpu_fraction instead)
 

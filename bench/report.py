@@ -230,7 +230,7 @@ PREDICTION_INTRO = (
     "Records made with `--profile` or `--strategies auto` carry the cost model's prediction of "
     "their placement (bench.planner, from a bench.profile of the same hosts). Error = predicted / "
     "measured p50 - 1; targets: median |error| <= 10%, worst <= 25%. A point's `auto:` record is "
-    "the planner's pick, run in its own job; `pick / best` compares it with the fastest placement "
+    "the planner's pick (after timing its near-ties, bench.trial), run in its own job; `pick / best` compares it with the fastest placement "
     "measured at that point (target <= 1.05).")
 
 

@@ -8,10 +8,14 @@ the best measured placement by more than 5% was such a tie: sp predicted 12% fas
 
 What: the best placement of each strategy family (bp per boundary) predicted within
 `--trial-margin` of the winner (default: that quarter), at most `--trials` of them (3), is
-built on its own hosts and timed (one warm-up forward after the first, then the median of
-TRIAL_ITERS); the fastest measured one runs. Ranks a contender leaves idle wait without
-spinning. The record keeps the prediction of the placement that runs and lists every
-contender's prediction and trial time (`trial`), so the model is still checked on every run.
+built on its own hosts (the build runs one forward to check the output), then timed: one
+warm-up forward and the median of TRIAL_ITERS; the fastest measured one runs. Ranks a
+contender leaves idle wait without spinning. The record keeps the prediction of the
+placement that runs and lists every contender's prediction and trial time (`trial`), so
+the model is still checked on every run.
+
+Limit: one contender per family, so placements of one family (bp(tp) with N_b 1 or 4, two
+host sets for sp) are never timed against each other; the model alone ranks those.
 """
 
 from __future__ import annotations
@@ -85,6 +89,10 @@ def run_trials(session, opts, model: Model, entries: list, batch: int, seq: int,
         session.say(f"  trial {label}: " + ("cannot run this shape" if seconds is None else
                                             f"{seconds * 1e3:.1f} ms (predicted "
                                             f"{fields['predicted_latency_s'] * 1e3:.1f} ms)"))
+    return fastest(rows), rows
+
+
+def fastest(rows: list[dict]) -> int:
+    """The index of the fastest timed trial; the first (best predicted) when none could run. Pure."""
     timed = [i for i, row in enumerate(rows) if row["trial_latency_s"] is not None]
-    best = min(timed, key=lambda i: rows[i]["trial_latency_s"]) if timed else 0
-    return best, rows
+    return min(timed, key=lambda i: rows[i]["trial_latency_s"]) if timed else 0

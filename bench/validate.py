@@ -7,7 +7,8 @@ Reads the records that carry `predicted_latency_s` (runs with --profile or --str
 or predicts every latency record with --profile (at a record's own link rate: a projection
 when it is not the profiled one), and prints, per record, measured latency (p50) against
 predicted, the relative error, and
-for each point (model, shape, rate, hosts) whether the planner's pick (an `auto:` record) is
+for each point (model, shape, rate, hosts) whether the planner's pick (an `auto:` record: the
+placement `--strategies auto` ran after timing the near-ties) is
 within 5% of the best measured placement there. Summary: median absolute error and the
 worst, the targets being 10% and 25%.
 """

@@ -128,7 +128,8 @@ def test_communication_cpu_by_hand():
     for h in profile["hosts"]:
         h["cpu_quota"] = 0.25
     slow = predict("dp", TINY, 2, 2, 8, profile)
-    assert slow.latency_s > 0.1 and slow.timeline.comm_s > 0.09
+    assert slow.latency_s > 0.1 and slow.timeline.throttled_s > 0.09       # the wait is the quota's
+    assert slow.timeline.comm_s == pytest.approx(0.04)                     # the two collectives' own CPU
     profile["wait_cpu_fraction"] = 0.3
     assert profiles.validate(profile) and M.build(profile).network.wait_fraction == 0.3
     profile["wait_cpu_fraction"] = 7
@@ -142,20 +143,29 @@ def test_polling_through_a_long_transfer_spends_the_quota_by_hand():
     # 0.2-core quota (20 ms per 100 ms period) the host runs its 20 ms at 0.3 of a core, in
     # 66.7 ms, then waits for the next period, three times: the collective ends at 0.2667 s.
     # (On the emulated cluster this is what a 0.2-core host does to bp(tp) and sp:
-    # reports/emulated-4host-planner-run4.md.)
+    # reports/emulated-4host-planner-run4.md, notes.)
     step = Step(((), ()), "allgather", (1000, 1000), 2000)
     wire = costmodel.cost_bytes("allgather", step.parts, step.whole, 2)
     fits = {("allgather", 2): costmodel.Fit(0.0, 0.2 / wire, cpu_alpha=0.0, cpu_beta=0.0),
             ("allreduce", 2): costmodel.Fit(0.0, 1e-15)}          # the barrier between forwards
     network = costmodel.Network(fits, {}, wait_fraction=0.3)
 
-    def latency(quota):
+    def timeline(quota, network=network):
         hosts = [costmodel.Host("h0", quota, {}, 0, 0), costmodel.Host("h1", None, {}, 0, 0)]
-        return costmodel.simulate([step], TINY, hosts, (0, 1), network, shifts=1, forwards=0).latency_s
+        return costmodel.simulate([step], TINY, hosts, (0, 1), network, shifts=1, forwards=0)
 
-    assert latency(None) == pytest.approx(0.2)
-    assert latency(0.5) == pytest.approx(0.2)          # 30 ms per period fits in its 50 ms
-    assert latency(0.2) == pytest.approx(0.2 + 0.2 / 3)
+    assert timeline(None).latency_s == pytest.approx(0.2)
+    assert timeline(0.5).latency_s == pytest.approx(0.2)          # 30 ms per period fits in its 50 ms
+    slow = timeline(0.2)
+    assert slow.latency_s == pytest.approx(0.2 + 0.2 / 3)
+    assert (slow.comm_s, slow.throttled_s) == (pytest.approx(0.2), pytest.approx(0.2 / 3))   # the wait is the quota's
+    # A rank that spins (wait ~1 core, MPICH's default when ranks <= cores) polls only while
+    # the wire is busy: the collective takes max(wire, its own CPU work), not their sum.
+    fits[("allgather", 2)] = costmodel.Fit(0.0, 0.2 / wire, cpu_alpha=0.05, cpu_beta=0.0)
+    spinning = costmodel.Network(fits, {}, wait_fraction=1.0)
+    assert timeline(None, spinning).latency_s == pytest.approx(0.2)
+    fits[("allgather", 2)] = costmodel.Fit(0.0, 0.2 / wire, cpu_alpha=0.3, cpu_beta=0.0)
+    assert timeline(None, costmodel.Network(fits, {}, wait_fraction=1.0)).latency_s == pytest.approx(0.3)
 
 
 def test_quota_slows_long_compute_not_short_bursts():
@@ -214,10 +224,17 @@ def test_contenders_are_the_best_of_each_family_within_the_margin():
     assert wide == best            # one per family, in rank order
     within = trial.contenders(ranked, margin=0.2, limit=16)
     assert within[0] is ranked[0] and all(r.prediction.latency_s <= 1.2 * win for r in within)
-    assert [r for r in best if r.prediction.latency_s <= 1.2 * win] == within
+    assert all(r.prediction.latency_s > 1.2 * win for r in best if r not in within)   # none left out inside it
     assert trial.contenders(ranked, margin=10.0, limit=2) == best[:2]
     assert trial.contenders(ranked, margin=10.0, limit=1) == [ranked[0]]
     assert trial.contenders([], margin=1.0, limit=3) == []
+
+
+def test_the_fastest_trial_runs_and_one_that_cannot_run_never_does():
+    row = lambda seconds: {"plan": "p", "predicted_latency_s": 0.1, "trial_latency_s": seconds}  # noqa: E731
+    assert trial.fastest([row(0.3), row(0.2), row(0.25)]) == 1
+    assert trial.fastest([row(None), row(0.4)]) == 1        # the best predicted could not run this shape
+    assert trial.fastest([row(None), row(None)]) == 0       # none could: the best predicted (its run gives the reason)
 
 
 BASE = K.preset("bert-base")
