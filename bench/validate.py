@@ -21,6 +21,7 @@ import statistics
 from . import cli, records
 from .plan import fmt_ms
 from .report_data import quotas_text
+from .significance import mann_whitney_u
 
 MEDIAN_TARGET, WORST_TARGET, PICK_TARGET = 0.10, 0.25, 0.05
 
@@ -46,10 +47,19 @@ def point_key(model, batch, seq, rate, hosts: int, quotas, argv) -> tuple:
     return model, batch, seq, rate or "-", hosts, hosts_id
 
 
+def slower_p(pick: dict, best: dict) -> float | None:
+    """The U test's p-value that the pick's per-forward latencies differ from the best's (None
+    without samples): a pick 8% off the best in medians of 8 forwards each on a shared machine
+    may be a draw of the noise, and p says how likely (bench.compare uses the same test)."""
+    a, b = pick.get("samples") or (), best.get("samples") or ()
+    return mann_whitney_u(a, b).p if len(a) >= 2 and len(b) >= 2 else None
+
+
 def judge(items) -> dict:
     """Predictions against measurements. `items`: dicts with point, label, measured (p50 s),
-    predicted (s or None), dominant, pick (the planner's placement, for an auto run) ->
-    {"rows", "median_abs_error", "worst_abs_error", "picks"}; bench.report shows the same."""
+    predicted (s or None), dominant, pick (the planner's placement, for an auto run), samples
+    (per-forward seconds, optional) -> {"rows", "median_abs_error", "worst_abs_error", "picks"};
+    bench.report shows the same."""
     rows, points = [], {}
     for item in items:
         points.setdefault(item["point"], []).append(item)
@@ -64,7 +74,8 @@ def judge(items) -> dict:
             best = min(others, key=lambda i: i["measured"])
             ratio = auto[-1]["measured"] / best["measured"]
             picks.append({"point": list(point), "pick": auto[-1]["pick"], "best_measured": best["label"],
-                          "pick_over_best": ratio, "within_target": ratio <= 1 + PICK_TARGET})
+                          "pick_over_best": ratio, "within_target": ratio <= 1 + PICK_TARGET,
+                          "u_test_p": slower_p(auto[-1], best)})
     return {"rows": rows, "records": len(errors), "picks": picks,
             "median_abs_error": statistics.median(errors) if errors else None,
             "worst_abs_error": max(errors) if errors else None}
@@ -73,10 +84,15 @@ def judge(items) -> dict:
 def item_of(rec: dict) -> dict:
     auto = str(rec.get("label", "")).startswith("auto:")
     return {"point": point_of(rec), "label": rec.get("label"), "measured": rec["latency_s"]["p50"],
+            "samples": rec.get("latency_samples_s"),
             "predicted": rec.get("predicted_latency_s"), "dominant": (rec.get("predicted") or {}).get("dominant"),
             "pick": (rec.get("plan") or {}).get("label") if auto else None,
             "rate": rec.get("rate") or "-", "world_size": rec.get("world_size"),
             "shape": f"{rec.get('batch')}x{rec.get('seq')}"}
+
+
+def fmt_p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3f}"
 
 
 def predict_all(recs: list[dict], path: str) -> None:
@@ -129,9 +145,9 @@ def main(argv=None) -> int:
     if picks:
         print()
         print(tabulate([[" ".join(map(str, p["point"])), p["pick"], p["best_measured"], f"{p['pick_over_best']:.3f}",
-                         "yes" if p["within_target"] else "NO"] for p in picks],
+                         "yes" if p["within_target"] else "NO", fmt_p(p["u_test_p"])] for p in picks],
                        headers=["point (model batch seq rate hosts, profile or CPU quotas)", "planner's pick", "best measured",
-                                "pick/best", f"within {100 * PICK_TARGET:.0f}%"], tablefmt="github",
+                                "pick/best", f"within {100 * PICK_TARGET:.0f}%", "U test p"], tablefmt="github",
                        disable_numparse=True))
     summary = {k: verdict[k] for k in ("records", "median_abs_error", "worst_abs_error")}
     summary["picks"] = picks

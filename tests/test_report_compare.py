@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import compare, records, report, report_data
+from bench import compare, records, report, report_data, validate
 from parallelism.errors import UsageError
 from bench.records import append_jsonl
 from bench.significance import mann_whitney_u, smallest_p
@@ -405,9 +405,27 @@ def test_report_predictions_host_classes_and_tagged_arms(tmp_path):
     assert "CPU quota 0.45" in md and "CPU quotas 0.2,0.45" in md
     assert "bp [arm=even]" in md and "bp [arm=planner]" in md and "sweep_point" not in md
     assert "4 predictions: median |error| 6.4%" in md          # +5%, +20%, +7.8%, +5%
-    assert "worst 20.0%" in md and "1 of 1 picks within 5%" in md
+    assert "worst 20.0%" in md and "1 of 1 picks within 5%" in md and "U test p" in md
     assert "2.40 req/s (eff 0.80*)" in md                      # 2.4 / (3 x 1.0)
     assert (tmp_path / "p-predicted-vs-measured.png").stat().st_size > 0
+
+
+def test_pick_against_best_with_the_u_test():
+    """validate.judge: pick / best of the medians, and the U test on their per-forward samples
+    (all 8 of the pick above all 8 of the best: exact p = 2 / C(16, 8))."""
+    point = ("bert-base", 1, 128, "1gbit", 4, "-")
+    def item(label, samples, pick=None):
+        return {"point": point, "label": label, "measured": sorted(samples)[len(samples) // 2], "predicted": 0.3,
+                "dominant": "compute", "pick": pick, "samples": samples}
+    best = item("bp(tp)", [0.30 + 0.001 * i for i in range(8)])
+    slow = item("auto:bp(tp)", [0.34 + 0.001 * i for i in range(8)], pick="bp(tp) N_b=1")
+    [p] = validate.judge([best, slow])["picks"]
+    assert p["pick_over_best"] == pytest.approx(0.344 / 0.304) and not p["within_target"]
+    assert p["u_test_p"] == pytest.approx(2 / math.comb(16, 8))
+    mixed = item("auto:bp(tp)", [0.30 + 0.001 * i + 0.0005 for i in range(8)], pick="bp(tp) N_b=1")
+    assert validate.judge([best, mixed])["picks"][0]["u_test_p"] > 0.5      # interleaved: not told apart
+    bare = {**mixed, "samples": None}
+    assert validate.judge([best, bare])["picks"][0]["u_test_p"] is None
 
 
 def test_report_wire_section_hidden_share_and_best_bp(tmp_path):
