@@ -47,7 +47,7 @@ def point_key(model, batch, seq, rate, hosts: int, quotas, argv) -> tuple:
     return model, batch, seq, rate or "-", hosts, hosts_id
 
 
-def slower_p(pick: dict, best: dict) -> float | None:
+def u_test_p(pick: dict, best: dict) -> float | None:
     """The U test's p-value that the pick's per-forward latencies differ from the best's (None
     without samples): a pick 8% off the best in medians of 8 forwards each on a shared machine
     may be a draw of the noise, and p says how likely (bench.compare uses the same test)."""
@@ -75,7 +75,7 @@ def judge(items) -> dict:
             ratio = auto[-1]["measured"] / best["measured"]
             picks.append({"point": list(point), "pick": auto[-1]["pick"], "best_measured": best["label"],
                           "pick_over_best": ratio, "within_target": ratio <= 1 + PICK_TARGET,
-                          "u_test_p": slower_p(auto[-1], best)})
+                          "u_test_p": u_test_p(auto[-1], best)})
     return {"rows": rows, "records": len(errors), "picks": picks,
             "median_abs_error": statistics.median(errors) if errors else None,
             "worst_abs_error": max(errors) if errors else None}
