@@ -216,7 +216,11 @@ def candidates(cfg, machine: Machine, batch: int, seq: int, strategies=None, nb=
         if k == 1 and "serial" in names:
             yield Placement("serial", hosts)
         for name in ("dp", "tp", "sp"):
-            if name in names and k > 1:
+            if name == "dp" and k == batch + 1 and name in names:
+                # A host without a request: the same rows on fewer hosts do the same work
+                # with fewer ranks in the scatter and the gather.
+                yield Refusal(f"dp on more than {batch} host(s)", f"batch {batch}: a host would get no request")
+            if name in names and k > 1 and not (name == "dp" and k > batch):
                 yield Placement(name, hosts)
         if "pp" in names and 1 < k <= cfg.layers:
             micro = sorted({1, batch})
