@@ -70,6 +70,7 @@ class Choice:
     why: list[str]
     contenders: list[tuple[planner.Placement, dict]]   # to time before committing (bench.trial)
     names: list[str]
+    together: bool = False   # the contenders fit in memory all at once: timed interleaved
 
 
 def choose(session, opts, model: Model, profile: dict, objective: str, batch: int, seq: int) -> Choice:
@@ -88,7 +89,8 @@ def choose(session, opts, model: Model, profile: dict, objective: str, batch: in
         rivals = trial.contenders(ranked, opts.trial_margin, trials)
         return Choice(win.placement, fields_of(win.placement, win.prediction, names, mach),
                       planner.why(ranked, names)[:4],
-                      [(r.placement, fields_of(r.placement, r.prediction, names, mach)) for r in rivals], names)
+                      [(r.placement, fields_of(r.placement, r.prediction, names, mach)) for r in rivals], names,
+                      trial.fit_together(rivals, [h.memory_available for h in mach.hosts]))
     return on_root(session, pick)
 
 
@@ -103,8 +105,11 @@ def enter(session, opts, model: Model, objective: str, batch: int, seq: int, mak
     p, fields = choice.placement, choice.fields
     if len(choice.contenders) > 1:
         session.say(f"--strategies auto: timing the {len(choice.contenders)} placements predicted within "
-                    f"{100 * opts.trial_margin:.0f}% of the winner ({trial.TRIAL_ITERS} forwards each, median)")
-        best, rows = trial.run_trials(session, opts, model, choice.contenders, batch, seq, choice.names)
+                    f"{100 * opts.trial_margin:.0f}% of the winner ({trial.TRIAL_ITERS} forwards each, median, "
+                    + ("in interleaved rounds)" if choice.together else "one after another: together they "
+                       "would not fit in memory)"))
+        best, rows = trial.run_trials(session, opts, model, choice.contenders, batch, seq, choice.names,
+                                      choice.together)
         p, fields = choice.contenders[best]
         fields = {**fields, "trial": rows}
     session.say(f"--strategies auto: running {fields['plan']['label']}, predicted "

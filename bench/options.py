@@ -26,7 +26,7 @@ MAX_THREADS = 256
 MAX_SEED = 2**31 - 1
 MAX_ITERS = 100_000
 TRIAL_MARGIN = 0.25      # --strategies auto times the near-ties within this of the winner (bench.trial: why)
-TRIAL_LIMIT = 3          # placements timed at most (each costs a build and a few forwards)
+TRIAL_LIMIT = 4          # placements timed at most (each costs a build and a few forwards)
 
 
 @dataclass
@@ -135,8 +135,9 @@ def parser(bench: str, description: str, defaults: Defaults | None = None, epilo
                        help="a profile of these hosts (python -m bench.profile): auto plans with it, and "
                             "every record gets the prediction of its placement (predicted_latency_s)")
         s.add_argument("--trials", type=bounded_int(1, 16, "a trial count"), default=TRIAL_LIMIT,
-                       help="auto, latency: time the best placement of each strategy predicted within "
-                            f"--trial-margin of the winner, at most this many, and run the fastest (default "
+                       help="auto, latency: time the best placement of each strategy (then of each further "
+                            "bp block count N_b) predicted within --trial-margin of the winner, at most this many, "
+                            "and run the fastest (default "
                             f"{TRIAL_LIMIT}; 1: run the predicted winner untimed)")
         s.add_argument("--trial-margin", type=finite_float(0.0, 10.0), default=TRIAL_MARGIN,
                        help="auto: how far behind the winner's prediction a placement may be and still be timed, "

@@ -1,45 +1,73 @@
 """`--strategies auto` measures before it commits, as FFTW's planner does with FFTW_MEASURE.
 
-Why: the cost model is right to within a quarter on the emulated cluster (worst |error| 24.6%
-over 56 predictions in reports/emulated-4host-planner-run3.md), so two placements predicted
-closer than that are a tie the prediction cannot break. In that run the one pick that missed
-the best measured placement by more than 5% was such a tie: sp predicted 12% faster than tp at
-1 Gbit/s, seq 512, measured 7% slower.
+Why: the cost model is right to within a quarter on the emulated cluster (worst |error| 25.6%
+over 56 predictions in reports/emulated-4host-planner-run5.md), so two placements predicted
+closer than that are a tie the prediction cannot break. In run 3 the one pick that missed
+the best measured placement by more than 5% was such a tie: sp predicted 12% faster than tp
+at 1 Gbit/s, seq 512, measured 7% slower.
 
-What: the best placement of each strategy family (bp per boundary) predicted within
-`--trial-margin` of the winner (default: that quarter), at most `--trials` of them (3), is
-built on its own hosts (the build runs one forward to check the output), then timed: one
-warm-up forward and the median of TRIAL_ITERS; the fastest measured one runs. Ranks a
-contender leaves idle wait without spinning. The record keeps the prediction of the
-placement that runs and lists every contender's prediction and trial time (`trial`), so
-the model is still checked on every run.
+What: the placements predicted within `--trial-margin` of the winner (default: that quarter),
+at most `--trials` of them (4), best predicted first: the best of each strategy family (bp per
+boundary), then, while trials are left, the best of each further bp block count (N_b) of
+a family (run 5 missed at 1 Gbit/s seq 128 because bp(tp) N_b=4, 5% behind N_b=1 in the
+prediction, was never timed against it). Each is built on its own hosts (the build runs one
+forward to check the output), then timed: one warm-up forward and the median of
+TRIAL_ITERS. When their predicted memory fits every host together, all are built first and
+timed in interleaved rounds (one forward of each per round), so that a change in machine
+load mid-trial hits them alike; otherwise one after another, each freed before the next.
+The fastest measured one runs. Ranks a contender leaves idle wait without spinning. The
+record keeps the prediction of the placement that runs and lists every contender's
+prediction and trial time (`trial`), so the model is still checked on every run.
 
-Limit: one contender per family, so placements of one family (bp(tp) with N_b 1 or 4, two
-host sets for sp) are never timed against each other; the model alone ranks those.
+Limit: placements of one family and block count (two host sets for sp, two assignments of bp)
+are never timed against each other; the model alone ranks those.
 """
 
 from __future__ import annotations
 
 import statistics
+from time import perf_counter
+
+import torch
 
 from parallelism import STRATEGIES
 
 from . import planner
 from .models import Model, make_inputs, resolve_model
 from .plans import Plan, prepare
-from .timing import measure
 
 TRIAL_WARMUP, TRIAL_ITERS = 1, 3
 
 
+def _family_and_blocks(r: planner.Ranked) -> str:
+    return r.placement.strategy + str(r.placement.opts.get("boundary") or "") + f" N_b={r.placement.n_blocks}"
+
+
 def contenders(ranked: list[planner.Ranked], margin: float, limit: int) -> list[planner.Ranked]:
     """The winner, then the best placement of each other family predicted within `margin` of
-    it (latency), at most `limit` in all, best predicted first. Pure."""
+    it (latency), then the best of each further (family, N_b), at most `limit` in all, best
+    predicted first. Pure."""
     if not ranked:
         return []
-    best = planner.best_per_family(ranked)
-    bound = best[0].prediction.latency_s * (1 + margin)
-    return [r for r in best if r.prediction.latency_s <= bound][:max(limit, 1)]
+    bound = ranked[0].prediction.latency_s * (1 + margin)
+    near = [r for r in ranked if r.prediction.latency_s <= bound]
+    chosen = planner.best_per_family(near)
+    seen = {_family_and_blocks(r) for r in chosen}
+    for r in near:
+        if _family_and_blocks(r) not in seen:
+            seen.add(_family_and_blocks(r))
+            chosen.append(r)
+    chosen = chosen[:max(limit, 1)]
+    return sorted(chosen, key=ranked.index)
+
+
+def fit_together(rivals: list[planner.Ranked], budgets: list[int]) -> bool:
+    """Whether every host's budget holds all the contenders' predicted memory at once. Pure."""
+    need = [0] * len(budgets)
+    for r in rivals:
+        for host, nbytes in r.prediction.memory_by_host.items():
+            need[host] += nbytes
+    return all(n <= b for n, b in zip(need, budgets))
 
 
 def model_for(opts, model: Model, placement: planner.Placement) -> Model:
@@ -56,35 +84,79 @@ def plan_of(placement: planner.Placement) -> Plan:
     return Plan(p.strategy, STRATEGIES[p.strategy], options, label)
 
 
-def time_placement(session, opts, model: Model, placement: planner.Placement, batch: int, seq: int):
-    """The median forward latency of `placement` on its hosts (world rank i = profile host i),
-    or None when it cannot run this shape. Every world rank calls; all get the same value."""
-    comm = session.comm
-    ranks = list(placement.hosts)
-    member = comm.rank in ranks
-    sub = comm.split(0 if member else None, key=ranks.index(comm.rank) if member else 0)
-    seconds = None
-    if sub is not None:
-        run_model, plan = model_for(opts, model, placement), plan_of(placement)
-        ids, mask = make_inputs(run_model.original, batch, seq, opts.seed)
-        strategy = prepare(plan, run_model.config(plan.decoupled), run_model.weights(plan.decoupled), sub,
-                           ids, mask, strict=False, say=lambda _: None)
-        if strategy is not None:
-            seconds = statistics.median(measure(strategy, sub, ids, mask, TRIAL_WARMUP, TRIAL_ITERS).latency)
-        del strategy
-        sub.free()
-    comm.idle_barrier()
-    return comm.bcast_object(seconds, root=ranks[0])
+class Contender:
+    """One placement built on its hosts: `strategy` is None on the ranks it leaves idle and
+    where it cannot run this shape; `runs` (the same on every world rank) says which."""
+
+    def __init__(self, session, opts, model: Model, placement: planner.Placement, batch: int, seq: int):
+        comm, ranks = session.comm, list(placement.hosts)
+        member = comm.rank in ranks
+        self.root = ranks[0]
+        self.sub = comm.split(0 if member else None, key=ranks.index(comm.rank) if member else 0)
+        self.strategy = None
+        if self.sub is not None:
+            run_model, plan = model_for(opts, model, placement), plan_of(placement)
+            self.ids, self.mask = make_inputs(run_model.original, batch, seq, opts.seed)
+            self.strategy = prepare(plan, run_model.config(plan.decoupled), run_model.weights(plan.decoupled),
+                                    self.sub, self.ids, self.mask, strict=False, say=lambda _: None)
+        comm.idle_barrier()
+        self.runs = comm.bcast_object(self.strategy is not None, root=self.root)
+        self.samples: list[float] = []
+
+    @torch.inference_mode()
+    def forward(self, comm, keep: bool) -> None:
+        """One barrier-started forward on its hosts (the slowest rank's time); the others wait idle."""
+        if self.runs and self.strategy is not None:
+            self.sub.sync()
+            t0 = perf_counter()
+            self.strategy.forward(self.ids, self.mask)
+            seconds = self.sub.max_over_ranks(perf_counter() - t0)
+            if keep:
+                self.samples.append(seconds)
+        comm.idle_barrier()
+
+    def seconds(self, comm) -> float | None:
+        """The median timed forward, the same on every world rank (None: cannot run this shape)."""
+        median = statistics.median(self.samples) if self.samples else None
+        return comm.bcast_object(median, root=self.root) if self.runs else None
+
+    def free(self) -> None:
+        self.strategy = None
+        if self.sub is not None:
+            self.sub.free()
+            self.sub = None
 
 
-def run_trials(session, opts, model: Model, entries: list, batch: int, seq: int, names: list[str]):
-    """Time every (placement, fields) entry; returns the index of the fastest and the `trial`
-    list the records carry."""
+def _rounds(comm, built: list[Contender]) -> None:
+    for i in range(TRIAL_WARMUP + TRIAL_ITERS):
+        for c in built:
+            c.forward(comm, keep=i >= TRIAL_WARMUP)
+
+
+def run_trials(session, opts, model: Model, entries: list, batch: int, seq: int, names: list[str],
+               together: bool = False):
+    """Time every (placement, fields) entry, interleaved when `together` (fit_together), else
+    one after another; returns the index of the fastest and the `trial` list the records carry."""
+    comm, times = session.comm, []
+    if together:
+        with session.point(f"trials of {len(entries)} placements, interleaved"):
+            built = [Contender(session, opts, model, p, batch, seq) for p, _ in entries]
+            _rounds(comm, built)
+            times = [c.seconds(comm) for c in built]
+            for c in built:
+                c.free()
+            del built
+    else:
+        for placement, _ in entries:
+            with session.point(f"trial of {placement.label(names)}"):
+                c = Contender(session, opts, model, placement, batch, seq)
+                _rounds(comm, [c])
+                times.append(c.seconds(comm))
+                c.free()
+                del c
     rows = []
-    for placement, fields in entries:
+    for (placement, fields), seconds in zip(entries, times):
         label = placement.label(names)
-        with session.point(f"trial of {label}"):
-            seconds = time_placement(session, opts, model, placement, batch, seq)
         rows.append({"plan": label, "predicted_latency_s": fields["predicted_latency_s"], "trial_latency_s": seconds})
         session.say(f"  trial {label}: " + ("cannot run this shape" if seconds is None else
                                             f"{seconds * 1e3:.1f} ms (predicted "

@@ -223,22 +223,22 @@ def test_dp_never_runs_on_more_hosts_than_requests():
         assert [r.label for r in refused] == (["dp on more than 1 host(s)"] if batch == 1 else [])
 
 
-def test_contenders_are_the_best_of_each_family_then_of_each_depth_within_the_margin():
+def test_contenders_are_the_best_of_each_family_then_of_each_block_count_within_the_margin():
     mach = M.build(hand_profile(hosts=2))
     ranked, _ = planner.plan(TINY, mach, 1, 8)
     best = planner.best_per_family(ranked)
     win = best[0].prediction.latency_s
-    depth = lambda r: (r.placement.strategy, r.placement.opts.get("boundary"), r.placement.n_blocks)  # noqa: E731
+    kind = lambda r: (r.placement.strategy, r.placement.opts.get("boundary"), r.placement.n_blocks)  # noqa: E731
     wide = trial.contenders(ranked, margin=10.0, limit=64)
     assert wide == sorted(wide, key=ranked.index)                   # best predicted first
     assert all(r in wide for r in best)                             # every family's best
-    assert len({depth(r) for r in wide}) == len(wide) == len({depth(r) for r in ranked})  # one per depth
-    assert all(ranked.index(r) <= min(ranked.index(o) for o in ranked if depth(o) == depth(r)) for r in wide)
-    assert len({depth(r) for r in ranked if r.placement.strategy == "bp"}) > 2   # the case is not empty
+    assert len({kind(r) for r in wide}) == len(wide) == len({kind(r) for r in ranked})  # one per block count
+    assert all(ranked.index(r) <= min(ranked.index(o) for o in ranked if kind(o) == kind(r)) for r in wide)
+    assert len({kind(r) for r in ranked if r.placement.strategy == "bp"}) > 2   # the case is not empty
     within = trial.contenders(ranked, margin=0.2, limit=64)
     assert within[0] is ranked[0] and all(r.prediction.latency_s <= 1.2 * win for r in within)
     assert all(r.prediction.latency_s > 1.2 * win for r in best if r not in within)   # none left out inside it
-    assert trial.contenders(ranked, margin=10.0, limit=len(best)) == best   # families come before depths
+    assert trial.contenders(ranked, margin=10.0, limit=len(best)) == best   # families before block counts
     assert trial.contenders(ranked, margin=10.0, limit=2) == best[:2]
     assert trial.contenders(ranked, margin=10.0, limit=1) == [ranked[0]]
     assert trial.contenders([], margin=1.0, limit=3) == []
