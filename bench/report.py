@@ -231,19 +231,21 @@ PREDICTION_INTRO = (
     "their placement (bench.planner, from a bench.profile of the same hosts). Error = predicted / "
     "measured p50 - 1; targets: median |error| <= 10%, worst <= 25%. A point's `auto:` record is "
     "the planner's pick (after timing its near-ties, bench.trial), run in its own job; `pick / best` "
-    "compares it with the fastest placement measured at that point (target <= 1.05); `U test p` "
+    "compares it with the fastest placement measured at that point (target <= 1.05, or the pick is "
+    "that placement itself: the ratio is then the spread of one placement between two jobs); `U test p` "
     "is the two-sided Mann-Whitney p-value "
     "of their per-forward latencies (p >= 0.05: the two are not told apart by these samples).")
 
 
 def prediction_section(lat, out_dir: Path, name: str) -> tuple[list[str], list[Path]]:
-    from .validate import MEDIAN_TARGET, PICK_TARGET, WORST_TARGET, fmt_p, judge, point_key
+    from .validate import (MEDIAN_TARGET, PICK_TARGET, WORST_TARGET, fmt_p, judge, picks_summary, placement_of,
+                           point_key, verdict_text)
     items = [{"point": point_key(r.model, r.batch, r.seq, r.rate, len(r.plan_hosts or r.hostnames) or r.world_size,
                                  r.cpu_quotas, r.env.get("argv") or ()),
               "hosts": r.hosts_label,
               "label": r.label, "measured": r.p50, "predicted": r.predicted_s, "dominant": r.predicted_dominant,
               "pick": r.plan_label if r.label.startswith("auto:") else None, "rate": r.rate or "-",
-              "samples": r.samples}
+              "samples": r.samples, "placement": placement_of(r.plan_label, r.wire_dtype, r.overlap_chunks)}
              for r in lat if is_finite(r.p50)]
     verdict = judge(items)
     if not verdict["records"]:
@@ -263,13 +265,12 @@ def prediction_section(lat, out_dir: Path, name: str) -> tuple[list[str], list[P
            f"(target {100 * MEDIAN_TARGET:.0f}%), worst {100 * verdict['worst_abs_error']:.1f}% "
            f"(target {100 * WORST_TARGET:.0f}%).**", ""]
     if verdict["picks"]:
-        good = sum(p["within_target"] for p in verdict["picks"])
         md += ["### The planner's pick against the best measured placement", "", md_table(
             ["model", "batch", "seq", "rate", "hosts", "profile or CPU quotas", "pick", "best measured", "pick / best",
              f"within {100 * PICK_TARGET:.0f}%", "U test p"],
             [p["point"] + [p["pick"], p["best_measured"], f"{p['pick_over_best']:.3f}",
-                           "yes" if p["within_target"] else "NO", fmt_p(p["u_test_p"])] for p in verdict["picks"]]), "",
-            f"**{good} of {len(verdict['picks'])} picks within {100 * PICK_TARGET:.0f}% of the best measured.**", ""]
+                           verdict_text(p), fmt_p(p["u_test_p"])] for p in verdict["picks"]]), "",
+            f"**{picks_summary(verdict['picks'])}.**", ""]
     path = out_dir / f"{name}-predicted-vs-measured.png"
     plots.plot_predictions(verdict["rows"], path, "the cost model: predicted vs measured latency")
     return md + [f"![predicted vs measured]({path.name})", ""], [path]

@@ -107,7 +107,7 @@ class Row:
     cpu_quotas: tuple = ()            # per rank, cores (emulated hosts); () when unconfined
     predicted_s: float | None = None  # the cost model's latency for this placement (--profile / auto)
     predicted_dominant: str | None = None
-    plan_label: str | None = None     # the planner's placement (auto runs)
+    plan_label: str | None = None     # the placement (records made with --profile or auto)
     plan_hosts: tuple = ()            # the hosts an auto run was planned over
     tags: tuple = ()                  # ("key=value", ...) from --tag, bookkeeping tags left out
     env: dict = field(default_factory=dict)          # the record's env block, for the report header

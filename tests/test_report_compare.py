@@ -428,6 +428,26 @@ def test_pick_against_best_with_the_u_test():
     assert validate.judge([best, bare])["picks"][0]["u_test_p"] is None
 
 
+def test_a_pick_of_the_best_measured_placement_itself_is_within_the_target():
+    """The pick ran the placement that measured best, 19% slower in its own job (run 6: sp):
+    the choice was right, the ratio is the spread between jobs; another wire dtype is not it."""
+    point = ("bert-base", 1, 512, "1gbit", 4, "-")
+    where = validate.placement_of("sp on h0,h1,h2,h3", None, None)
+    best = {"point": point, "label": "sp", "measured": 1.019, "predicted": 1.14, "dominant": "compute",
+            "pick": None, "placement": where}
+    pick = {**best, "label": "auto:sp", "measured": 1.212, "pick": "sp on h0,h1,h2,h3"}
+    [p] = validate.judge([best, pick])["picks"]
+    assert p["pick_over_best"] == pytest.approx(1.212 / 1.019) and p["same_placement"] and p["within_target"]
+    assert validate.verdict_text(p) == "yes (the same placement)"
+    assert validate.picks_summary([p]) == ("1 of 1 picks within 5% of the best measured placement or that "
+                                           "placement itself (0 of 1 by the ratio alone)")
+    other = {**pick, "placement": validate.placement_of("sp on h0,h1,h2,h3", "fp16", None)}
+    [p] = validate.judge([best, other])["picks"]
+    assert not p["same_placement"] and not p["within_target"] and validate.verdict_text(p) == "NO"
+    unknown = {**pick, "placement": None}
+    assert not validate.judge([{**best, "placement": None}, unknown])["picks"][0]["same_placement"]
+
+
 def test_report_wire_section_hidden_share_and_best_bp(tmp_path):
     """Hand-made records of one rate: the family table's ratios, the overlap share
     (T_off - T_on) / comm_off and the fastest BP against fp32 bp(replicate), by hand."""
