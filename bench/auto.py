@@ -90,7 +90,7 @@ def choose(session, opts, model: Model, profile: dict, objective: str, batch: in
         return Choice(win.placement, fields_of(win.placement, win.prediction, names, mach),
                       planner.why(ranked, names)[:4],
                       [(r.placement, fields_of(r.placement, r.prediction, names, mach)) for r in rivals], names,
-                      trial.fit_together(rivals, [h.memory_available for h in mach.hosts]))
+                      trial.fit_together(rivals, mach.hosts))
     return on_root(session, pick)
 
 

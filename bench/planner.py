@@ -210,17 +210,21 @@ def candidates(cfg, machine: Machine, batch: int, seq: int, strategies=None, nb=
         yield Refusal("bp", decoupled_ok)
         names = [x for x in names if x != "bp"]
     nbs, ndivs = decoupled_shapes(cfg, n, nb, ndiv)
+    dp_refused = False
     for k in host_counts(n):
         hosts = fastest(machine, k)
         paces = [machine.hosts[h].pace for h in hosts]
         if k == 1 and "serial" in names:
             yield Placement("serial", hosts)
         for name in ("dp", "tp", "sp"):
-            if name == "dp" and k == batch + 1 and name in names:
+            if name == "dp" and k > batch and name in names:
                 # A host without a request: the same rows on fewer hosts do the same work
                 # with fewer ranks in the scatter and the gather.
-                yield Refusal(f"dp on more than {batch} host(s)", f"batch {batch}: a host would get no request")
-            if name in names and k > 1 and not (name == "dp" and k > batch):
+                if not dp_refused:
+                    dp_refused = True
+                    yield Refusal(f"dp on more than {batch} host(s)", f"batch {batch}: a host would get no request")
+                continue
+            if name in names and k > 1:
                 yield Placement(name, hosts)
         if "pp" in names and 1 < k <= cfg.layers:
             micro = sorted({1, batch})

@@ -19,12 +19,13 @@ The fastest measured one runs. Ranks a contender leaves idle wait without spinni
 record keeps the prediction of the placement that runs and lists every contender's
 prediction and trial time (`trial`), so the model is still checked on every run.
 
-Limit: placements of one family and block count (two host sets for sp, two assignments of bp)
-are never timed against each other; the model alone ranks those.
+Limit: placements of one family and block count (two host sets for sp, two assignments or
+two N_div of bp) are never timed against each other; the model alone ranks those.
 """
 
 from __future__ import annotations
 
+import gc
 import statistics
 from time import perf_counter
 
@@ -61,13 +62,21 @@ def contenders(ranked: list[planner.Ranked], margin: float, limit: int) -> list[
     return sorted(chosen, key=ranked.index)
 
 
-def fit_together(rivals: list[planner.Ranked], budgets: list[int]) -> bool:
-    """Whether every host's budget holds all the contenders' predicted memory at once. Pure."""
-    need = [0] * len(budgets)
+def fit_together(rivals: list[planner.Ranked], hosts: list) -> bool:
+    """Whether all the contenders' predicted memory fits at once (`hosts`: the machine's
+    costmodel.Host list). Hosts on one machine (emulated hosts, local ranks) share its memory;
+    a host's runtime is one process, counted once however many contenders it holds. Pure."""
+    machine = [h.machine or f"host {i}" for i, h in enumerate(hosts)]
+    budget, need, used = {}, {}, set()
+    for i, h in enumerate(hosts):
+        budget[machine[i]] = min(budget.get(machine[i], h.memory_available), h.memory_available)
     for r in rivals:
-        for host, nbytes in r.prediction.memory_by_host.items():
-            need[host] += nbytes
-    return all(n <= b for n, b in zip(need, budgets))
+        for i, nbytes in r.prediction.memory_by_host.items():
+            need[machine[i]] = need.get(machine[i], 0) + nbytes - hosts[i].runtime_bytes
+            used.add(i)
+    for i in used:
+        need[machine[i]] += hosts[i].runtime_bytes
+    return all(n <= budget[m] for m, n in need.items())
 
 
 def model_for(opts, model: Model, placement: planner.Placement) -> Model:
@@ -106,7 +115,7 @@ class Contender:
     @torch.inference_mode()
     def forward(self, comm, keep: bool) -> None:
         """One barrier-started forward on its hosts (the slowest rank's time); the others wait idle."""
-        if self.runs and self.strategy is not None:
+        if self.strategy is not None:
             self.sub.sync()
             t0 = perf_counter()
             self.strategy.forward(self.ids, self.mask)
@@ -121,15 +130,22 @@ class Contender:
         return comm.bcast_object(median, root=self.root) if self.runs else None
 
     def free(self) -> None:
+        """Drop the strategy (and collect it: its tensors may sit in reference cycles) before
+        the next one is built."""
         self.strategy = None
+        gc.collect()
         if self.sub is not None:
             self.sub.free()
             self.sub = None
 
 
 def _rounds(comm, built: list[Contender]) -> None:
+    """Warm-up and timed rounds; each round starts at the next contender, so that none always
+    follows the same one (its cache state, what is left of the host's quota period)."""
+    runnable = [c for c in built if c.runs]   # the same list on every world rank
     for i in range(TRIAL_WARMUP + TRIAL_ITERS):
-        for c in built:
+        k = i % len(runnable) if runnable else 0
+        for c in runnable[k:] + runnable[:k]:
             c.forward(comm, keep=i >= TRIAL_WARMUP)
 
 

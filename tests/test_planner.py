@@ -4,6 +4,7 @@ profile checks: all pure (no MPI). Profiles here are written by hand with round 
 tests/test_profile.py makes a real one under mpiexec."""
 
 import copy
+import dataclasses
 import json
 
 import pytest
@@ -221,6 +222,10 @@ def test_dp_never_runs_on_more_hosts_than_requests():
         ranked, refused = planner.plan(TINY, mach, batch, 8, strategies=["dp"])
         assert max((len(r.placement.hosts) for r in ranked), default=0) == most
         assert [r.label for r in refused] == (["dp on more than 1 host(s)"] if batch == 1 else [])
+    # 16 hosts, batch 10: host counts 1..8 then 16 (a projection), so k = batch + 1 never comes up
+    ranked, refused = planner.plan(TINY, M.build(hand_profile(hosts=2), hosts=16), 10, 8, strategies=["dp"])
+    assert max(len(r.placement.hosts) for r in ranked) == 8
+    assert [r.label for r in refused] == ["dp on more than 10 host(s)"]
 
 
 def test_contenders_are_the_best_of_each_family_then_of_each_block_count_within_the_margin():
@@ -245,13 +250,21 @@ def test_contenders_are_the_best_of_each_family_then_of_each_block_count_within_
 
 
 def test_contenders_are_timed_together_only_when_they_fit_together():
-    mach = M.build(hand_profile(hosts=2))
+    """Memory per machine: hosts of one machine share it; a host's runtime counts once."""
+    runtime = 2**28
+    mach = M.build(hand_profile(hosts=2, runtime=runtime))
     ranked, _ = planner.plan(TINY, mach, 1, 8)
     rivals = trial.contenders(ranked, margin=10.0, limit=3)
-    need = [sum(r.prediction.memory_by_host.get(h, 0) for r in rivals) for h in (0, 1)]
-    assert trial.fit_together(rivals, need)
-    assert not trial.fit_together(rivals, [need[0], need[1] - 1])
-    assert trial.fit_together([], [0, 0])
+    assert len(rivals) == 3 and sum(len(r.placement.hosts) == 2 for r in rivals) >= 2
+    need = [sum(r.prediction.memory_by_host[h] - runtime for r in rivals if h in r.prediction.memory_by_host)
+            + runtime for h in (0, 1)]
+    own = lambda memory, machine=None: [dataclasses.replace(h, memory_available=memory, machine=machine)  # noqa: E731
+                                        for h in mach.hosts]
+    assert trial.fit_together(rivals, own(max(need)))
+    assert not trial.fit_together(rivals, own(max(need) - 1))
+    assert not trial.fit_together(rivals, own(max(need), machine="vm"))     # both hosts in one memory
+    assert trial.fit_together(rivals, own(sum(need), machine="vm"))
+    assert trial.fit_together([], own(0))
 
 
 def test_the_fastest_trial_runs_and_one_that_cannot_run_never_does():

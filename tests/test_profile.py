@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import profiles
+import kernels as K
+from bench import machine as M, planner, profiles, trial
 from mpi_launcher import program_lines
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,6 +77,7 @@ def test_auto_times_the_near_ties_and_runs_the_fastest(tiny_profile, tmp_path):
     assert len(rows) == 3 and len({r["plan"] for r in rows}) == 3
     assert all(r["trial_latency_s"] > 0 and r["predicted_latency_s"] > 0 for r in rows)
     fastest = min(rows, key=lambda r: r["trial_latency_s"])
+    assert "in interleaved rounds" in proc.stdout     # three tiny models fit together
     assert rec["plan"]["label"] == fastest["plan"]
     assert rec["predicted_latency_s"] == fastest["predicted_latency_s"]   # the prediction of what ran
     assert rec["output_check"] == "ok"
@@ -85,6 +87,29 @@ def test_auto_times_the_near_ties_and_runs_the_fastest(tiny_profile, tmp_path):
                str(tiny_profile), "--trials", "1", "--iters", "1", "--warmup", "0", "--out", str(untimed), "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "trial" not in records(untimed)[0]
+
+
+def test_auto_times_one_after_another_what_does_not_fit_together(tiny_profile, tmp_path):
+    """The hosts' memory cut to what the largest contender needs on the machine (both local
+    ranks share one): the trials run one after another, each freed before the next."""
+    profile = json.loads(tiny_profile.read_text())
+    mach = M.build(profiles.validate(profile))
+    ranked, _ = planner.plan(K.preset("tiny"), mach, 1, 16)
+    rivals = trial.contenders(ranked, 10.0, 3)
+    assert len({h.machine for h in mach.hosts}) == 1 and len(rivals) == 3
+    largest = max(sum(r.prediction.memory_by_host.values()) for r in rivals)
+    for host in profile["hosts"]:
+        host["memory_available_bytes"] = largest
+    assert not trial.fit_together(rivals, M.build(profile).hosts)
+    path, out = tmp_path / "small.json", tmp_path / "apart.jsonl"
+    path.write_text(json.dumps(profile))
+    proc = mpi("bench.latency", "--model", "tiny", "--seq", "16", "--strategies", "auto", "--profile", str(path),
+               "--trial-margin", "10", "--trials", "3", "--iters", "2", "--warmup", "1", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "one after another" in proc.stdout
+    [rec] = records(out)
+    assert len(rec["trial"]) == 3 and all(r["trial_latency_s"] > 0 for r in rec["trial"])
+    assert rec["output_check"] == "ok"
 
 
 def test_throughput_auto(tiny_profile, tmp_path):
