@@ -245,7 +245,8 @@ def prediction_section(lat, out_dir: Path, name: str) -> tuple[list[str], list[P
               "hosts": r.hosts_label,
               "label": r.label, "measured": r.p50, "predicted": r.predicted_s, "dominant": r.predicted_dominant,
               "pick": r.plan_label if r.label.startswith("auto:") else None, "rate": r.rate or "-",
-              "samples": r.samples, "placement": placement_of(r.plan_label, r.wire_dtype, r.overlap_chunks)}
+              "samples": r.samples,
+              "placement": placement_of(r.plan_label, r.plan_host_names, r.wire_dtype, r.wire_reduce, r.overlap_chunks)}
              for r in lat if is_finite(r.p50)]
     verdict = judge(items)
     if not verdict["records"]:

@@ -49,6 +49,7 @@ FIELDS = [
     ("hostnames", "env.hostnames", TEXTS), ("cpus", "env.cpus", INT), ("cpu_quotas", "env.cpu_quotas", NUMS),
     ("predicted_s", "predicted_latency_s", NUM), ("predicted_dominant", "predicted.dominant", TEXT),
     ("plan_label", "plan.label", TEXT), ("plan_hosts", "plan.of_hosts", TEXTS),
+    ("plan_host_names", "plan.host_names", TEXTS), ("wire_reduce", "wire_reduce", TEXT),
 ]
 # Tags that are bookkeeping, not a different point (bench.sweep's resume key).
 BOOKKEEPING_TAGS = ("sweep_point",)
@@ -109,6 +110,8 @@ class Row:
     predicted_dominant: str | None = None
     plan_label: str | None = None     # the placement (records made with --profile or auto)
     plan_hosts: tuple = ()            # the hosts an auto run was planned over
+    plan_host_names: tuple = ()       # the hosts the placement ran on
+    wire_reduce: str | None = None    # how a 16-bit allreduce sums (parallelism/wire.py)
     tags: tuple = ()                  # ("key=value", ...) from --tag, bookkeeping tags left out
     env: dict = field(default_factory=dict)          # the record's env block, for the report header
     traffic: dict = field(default_factory=dict)      # {field or field.op: count}, compared exactly

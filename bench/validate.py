@@ -57,13 +57,17 @@ def u_test_p(pick: dict, best: dict) -> float | None:
 
 
 def same_placement(pick: dict, other: dict) -> bool:
-    """Whether two records ran one placement (plan label: strategy, options, decoupled shape,
-    hosts; and the same wire dtype and overlap)."""
+    """Whether two records ran one placement (placement_of)."""
     return pick.get("placement") is not None and pick.get("placement") == other.get("placement")
 
 
-def placement_of(plan_label, wire_dtype, overlap_chunks) -> tuple | None:
-    return None if not plan_label else (plan_label, wire_dtype or "fp32", overlap_chunks or 1)
+def placement_of(plan_label, host_names, wire_dtype, wire_reduce, overlap_chunks) -> tuple | None:
+    """What makes a run: the plan (its label names the strategy, options and decoupled shape;
+    the host list, which a label of many hosts abbreviates) and the wire (dtype, how it sums,
+    overlap). None for a record without a plan."""
+    if not plan_label:
+        return None
+    return plan_label, tuple(host_names or ()), wire_dtype or "fp32", wire_reduce or "auto", overlap_chunks or 1
 
 
 def judge(items) -> dict:
@@ -100,12 +104,13 @@ def judge(items) -> dict:
 
 def item_of(rec: dict) -> dict:
     auto = str(rec.get("label", "")).startswith("auto:")
+    plan = rec.get("plan") or {}
     return {"point": point_of(rec), "label": rec.get("label"), "measured": rec["latency_s"]["p50"],
             "samples": rec.get("latency_samples_s"),
             "predicted": rec.get("predicted_latency_s"), "dominant": (rec.get("predicted") or {}).get("dominant"),
-            "pick": (rec.get("plan") or {}).get("label") if auto else None,
-            "placement": placement_of((rec.get("plan") or {}).get("label"), rec.get("wire_dtype"),
-                                      rec.get("overlap_chunks")),
+            "pick": plan.get("label") if auto else None,
+            "placement": placement_of(plan.get("label"), plan.get("host_names"), rec.get("wire_dtype"),
+                                      rec.get("wire_reduce"), rec.get("overlap_chunks")),
             "rate": rec.get("rate") or "-", "world_size": rec.get("world_size"),
             "shape": f"{rec.get('batch')}x{rec.get('seq')}"}
 

@@ -432,7 +432,8 @@ def test_a_pick_of_the_best_measured_placement_itself_is_within_the_target():
     """The pick ran the placement that measured best, 19% slower in its own job (run 6: sp):
     the choice was right, the ratio is the spread between jobs; another wire dtype is not it."""
     point = ("bert-base", 1, 512, "1gbit", 4, "-")
-    where = validate.placement_of("sp on h0,h1,h2,h3", None, None)
+    hosts = ["h0", "h1", "h2", "h3"]
+    where = validate.placement_of("sp on h0,h1,h2,h3", hosts, None, None, None)
     best = {"point": point, "label": "sp", "measured": 1.019, "predicted": 1.14, "dominant": "compute",
             "pick": None, "placement": where}
     pick = {**best, "label": "auto:sp", "measured": 1.212, "pick": "sp on h0,h1,h2,h3"}
@@ -441,9 +442,11 @@ def test_a_pick_of_the_best_measured_placement_itself_is_within_the_target():
     assert validate.verdict_text(p) == "yes (the same placement)"
     assert validate.picks_summary([p]) == ("1 of 1 picks within 5% of the best measured placement or that "
                                            "placement itself (0 of 1 by the ratio alone)")
-    other = {**pick, "placement": validate.placement_of("sp on h0,h1,h2,h3", "fp16", None)}
-    [p] = validate.judge([best, other])["picks"]
-    assert not p["same_placement"] and not p["within_target"] and validate.verdict_text(p) == "NO"
+    for other in (validate.placement_of("sp on h0,h1,h2,h3", hosts, "fp16", None, None),
+                  validate.placement_of("sp on h0,h1,h2,h3", hosts, None, "split", None),
+                  validate.placement_of("sp on h0,h1,h2,h3", hosts[::-1], None, None, None)):
+        [p] = validate.judge([best, {**pick, "placement": other}])["picks"]
+        assert not p["same_placement"] and not p["within_target"] and validate.verdict_text(p) == "NO"
     unknown = {**pick, "placement": None}
     assert not validate.judge([{**best, "placement": None}, unknown])["picks"][0]["same_placement"]
 
