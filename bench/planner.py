@@ -47,7 +47,7 @@ class Placement:
 
     def label(self, host_names: list[str] | None = None) -> str:
         o = self.opts
-        text = f"{self.strategy}({o['boundary']})" if "boundary" in o else self.strategy
+        text = family(self)
         extra = []
         if self.n_blocks is not None:
             extra.append(f"N_b={self.n_blocks} N_div={self.n_div}")
@@ -210,21 +210,17 @@ def candidates(cfg, machine: Machine, batch: int, seq: int, strategies=None, nb=
         yield Refusal("bp", decoupled_ok)
         names = [x for x in names if x != "bp"]
     nbs, ndivs = decoupled_shapes(cfg, n, nb, ndiv)
-    dp_refused = False
+    if "dp" in names and n > batch:
+        # A host without a request: the same rows on fewer hosts do the same work with fewer
+        # ranks in the scatter and the gather.
+        yield Refusal(f"dp on more than {batch} host(s)", f"batch {batch}: a host would get no request")
     for k in host_counts(n):
         hosts = fastest(machine, k)
         paces = [machine.hosts[h].pace for h in hosts]
         if k == 1 and "serial" in names:
             yield Placement("serial", hosts)
         for name in ("dp", "tp", "sp"):
-            if name == "dp" and k > batch and name in names:
-                # A host without a request: the same rows on fewer hosts do the same work
-                # with fewer ranks in the scatter and the gather.
-                if not dp_refused:
-                    dp_refused = True
-                    yield Refusal(f"dp on more than {batch} host(s)", f"batch {batch}: a host would get no request")
-                continue
-            if name in names and k > 1:
+            if name in names and k > 1 and not (name == "dp" and k > batch):
                 yield Placement(name, hosts)
         if "pp" in names and 1 < k <= cfg.layers:
             micro = sorted({1, batch})
@@ -279,15 +275,24 @@ def plan(cfg, machine: Machine, batch: int, seq: int, budgets: list[int] | None 
     return ranked, refused
 
 
-def best_per_family(ranked: list[Ranked]) -> list[Ranked]:
-    """The best placement of each strategy (and bp boundary), in rank order."""
+def best_per(ranked: list[Ranked], key) -> list[Ranked]:
+    """The best placement of each `key(placement)`, in rank order."""
     out, seen = [], set()
     for r in ranked:
-        family = r.placement.strategy + str(r.placement.opts.get("boundary") or "")
-        if family not in seen:
-            seen.add(family)
+        if key(r.placement) not in seen:
+            seen.add(key(r.placement))
             out.append(r)
     return out
+
+
+def family(p: Placement) -> str:
+    """A strategy, and bp's boundary: 'dp', 'bp(tp)'."""
+    return p.strategy + (f"({p.opts['boundary']})" if p.opts.get("boundary") else "")
+
+
+def best_per_family(ranked: list[Ranked]) -> list[Ranked]:
+    """The best placement of each strategy (and bp boundary), in rank order."""
+    return best_per(ranked, family)
 
 
 def why(ranked: list[Ranked], names: list[str]) -> list[str]:

@@ -27,21 +27,15 @@ from __future__ import annotations
 
 import gc
 import statistics
-from time import perf_counter
-
-import torch
 
 from parallelism import STRATEGIES
 
 from . import planner
 from .models import Model, make_inputs, resolve_model
 from .plans import Plan, prepare
+from .timing import measure
 
 TRIAL_WARMUP, TRIAL_ITERS = 1, 3
-
-
-def _family_and_blocks(r: planner.Ranked) -> str:
-    return r.placement.strategy + str(r.placement.opts.get("boundary") or "") + f" N_b={r.placement.n_blocks}"
 
 
 def contenders(ranked: list[planner.Ranked], margin: float, limit: int) -> list[planner.Ranked]:
@@ -52,13 +46,9 @@ def contenders(ranked: list[planner.Ranked], margin: float, limit: int) -> list[
         return []
     bound = ranked[0].prediction.latency_s * (1 + margin)
     near = [r for r in ranked if r.prediction.latency_s <= bound]
-    chosen = planner.best_per_family(near)
-    seen = {_family_and_blocks(r) for r in chosen}
-    for r in near:
-        if _family_and_blocks(r) not in seen:
-            seen.add(_family_and_blocks(r))
-            chosen.append(r)
-    chosen = chosen[:max(limit, 1)]
+    families = planner.best_per_family(near)
+    depths = planner.best_per(near, lambda p: (planner.family(p), p.n_blocks))
+    chosen = (families + [r for r in depths if r not in families])[:max(limit, 1)]
     return sorted(chosen, key=ranked.index)
 
 
@@ -88,7 +78,7 @@ def model_for(opts, model: Model, placement: planner.Placement) -> Model:
 
 def plan_of(placement: planner.Placement) -> Plan:
     p = placement
-    label = f"auto:{p.strategy}" + (f"({p.opts['boundary']})" if "boundary" in p.opts else "")
+    label = f"auto:{planner.family(p)}"
     options = {k: v for k, v in p.opts.items() if v is not None}
     return Plan(p.strategy, STRATEGIES[p.strategy], options, label)
 
@@ -112,14 +102,11 @@ class Contender:
         self.runs = comm.bcast_object(self.strategy is not None, root=self.root)
         self.samples: list[float] = []
 
-    @torch.inference_mode()
     def forward(self, comm, keep: bool) -> None:
-        """One barrier-started forward on its hosts (the slowest rank's time); the others wait idle."""
+        """One barrier-started forward on its hosts (bench.timing.measure: the slowest rank's
+        time); the others wait idle."""
         if self.strategy is not None:
-            self.sub.sync()
-            t0 = perf_counter()
-            self.strategy.forward(self.ids, self.mask)
-            seconds = self.sub.max_over_ranks(perf_counter() - t0)
+            [seconds] = measure(self.strategy, self.sub, self.ids, self.mask, 0, 1).latency
             if keep:
                 self.samples.append(seconds)
         comm.idle_barrier()
@@ -154,22 +141,17 @@ def run_trials(session, opts, model: Model, entries: list, batch: int, seq: int,
     """Time every (placement, fields) entry, interleaved when `together` (fit_together), else
     one after another; returns the index of the fastest and the `trial` list the records carry."""
     comm, times = session.comm, []
-    if together:
-        with session.point(f"trials of {len(entries)} placements, interleaved"):
-            built = [Contender(session, opts, model, p, batch, seq) for p, _ in entries]
+    groups = [entries] if together else [[entry] for entry in entries]
+    for group in groups:
+        what = (f"trials of {len(group)} placements, interleaved" if together else
+                f"trial of {group[0][0].label(names)}")
+        with session.point(what):
+            built = [Contender(session, opts, model, placement, batch, seq) for placement, _ in group]
             _rounds(comm, built)
-            times = [c.seconds(comm) for c in built]
+            times += [c.seconds(comm) for c in built]
             for c in built:
                 c.free()
             del built
-    else:
-        for placement, _ in entries:
-            with session.point(f"trial of {placement.label(names)}"):
-                c = Contender(session, opts, model, placement, batch, seq)
-                _rounds(comm, [c])
-                times.append(c.seconds(comm))
-                c.free()
-                del c
     rows = []
     for (placement, fields), seconds in zip(entries, times):
         label = placement.label(names)
