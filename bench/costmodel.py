@@ -42,6 +42,11 @@ from parallelism.traffic import bus_bytes, total
 from .profiles import kernel_key
 
 CFS_PERIOD_S = 0.1   # bench.cluster's cpu.cfs_period_us (100 ms), also the Linux default
+# What a profile's kernel times are worth in another job on the same hosts: dp's predictions
+# (one host running the whole model, compute alone) were off by a standard deviation of
+# 10.9% over 40 records of planner runs 3-7 (reports/emulated-4host-planner-run3..7); five
+# even steps from -15% to +15% have a standard deviation of 10.6%.
+KERNEL_SPREAD, SPREAD_POINTS = 0.15, 5
 FP32 = 4
 ROOTED = ("scatter", "gather", "bcast")
 # The op whose fit prices each op (scatter moves the same bytes through the root as gather).
@@ -112,9 +117,9 @@ class Cpu:
     """One host's CPU under a CFS quota: it runs at full speed until its budget for the
     current 100 ms period (quota x period CPU seconds) is spent, then waits for the next."""
 
-    def __init__(self, quota: float | None, period: float = CFS_PERIOD_S, phase: float = 0.0):
+    def __init__(self, quota: float | None, period: float = CFS_PERIOD_S):
         self.budget = None if quota is None or quota >= 1.0 else quota * period
-        self.period, self.period_end, self.used = period, phase + period, 0.0
+        self.period, self.period_end, self.used = period, period, 0.0
 
     def _roll(self, t: float) -> None:
         if t >= self.period_end:
@@ -231,28 +236,35 @@ class Timeline:
 
 
 def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...], network: Network,
-             shifts: int = 3, forwards: int = 3) -> Timeline:
-    """Forwards of `steps` (rank r on hosts[r], profile host host_ids[r]), the mean.
+             spread: float = KERNEL_SPREAD, forwards: int = 3) -> Timeline:
+    """Forwards of `steps` (rank r on hosts[r], profile host host_ids[r]): the expected timeline.
 
-    Where a forward starts in its hosts' quota periods changes its latency by up to a
-    period; a measured run samples that phase as it drifts. So: for `shifts` positions of
-    the period grid, one forward to settle, then `forwards` timed after one another (each
-    after a barrier). Every host has the same grid: Linux starts a cgroup's CFS period timer
-    with hrtimer_forward_now from an expiry of 0 (kernel/sched/fair.c, start_cfs_bandwidth),
-    so all periods of one length begin at the same multiples of it since boot. A pipeline
-    whose stages each need a little more than one period's budget thus takes one period per
-    stage (pp at 1 Gbit/s, reports/emulated-4host-planner.md: 398 ms for 4 stages)."""
+    Under a CPU quota, latency is a step function of compute: a stage whose work needs a
+    little more than a whole number of periods' budget waits one more period. Every host
+    has the same period grid (Linux starts a cgroup's CFS period timer with
+    hrtimer_forward_now from an expiry of 0, kernel/sched/fair.c, start_cfs_bandwidth, so
+    all periods of one length begin at the same multiples of it since boot), so pp at 1
+    Gbit/s, where a stage of three layers needs about two periods' budget at 0.45 core,
+    took 398 ms in one job and 590 in another (reports/emulated-4host-planner.md, -run7.md)
+    while its predictions from one number per kernel jumped between 598 and 797. So a
+    prediction is the mean over kernel times x (1 - spread .. 1 + spread) in SPREAD_POINTS
+    even steps, the spread being what a profile's kernel times are worth in another job
+    (KERNEL_SPREAD); for each, one forward to settle, then `forwards` timed after one
+    another (each after a barrier), which sample different phases of the period grid as a
+    measured run does. Without a quota, latency is linear in compute: one forward, no spread."""
     world = len(hosts)
-    seconds = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
-    shares = [core_shares(hosts, row) for row in seconds]
+    nominal = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
+    shares = [core_shares(hosts, row) for row in nominal]
     barrier = network.fit("allreduce", world).alpha if world > 1 else 0.0
     costs = [network.send(host_ids[s.src], host_ids[s.dst], s.parts[s.src]) if s.op == "send" else
              network.collective(s, world) if s.op is not None else None for s in steps]
+    scales = [1 + spread * (2 * i / (SPREAD_POINTS - 1) - 1) for i in range(SPREAD_POINTS)] if spread else [1.0]
     if all(h.quota is None or h.quota >= 1.0 for h in hosts):
-        shifts, forwards = 1, 0   # no quota: every forward is the same
+        scales, forwards = [1.0], 0
     results = []
-    for shift in range(shifts):
-        cpus = [Cpu(h.quota, phase=CFS_PERIOD_S * shift / shifts) for h in hosts]
+    for scale in scales:
+        seconds = [[s * scale for s in row] for row in nominal]
+        cpus = [Cpu(h.quota) for h in hosts]
         now = 0.0
         for j in range(forwards + 1):
             timeline, end = _forward(steps, seconds, shares, costs, cpus, now, network.wait_fraction)

@@ -153,7 +153,7 @@ def test_polling_through_a_long_transfer_spends_the_quota_by_hand():
 
     def timeline(quota, network=network):
         hosts = [costmodel.Host("h0", quota, {}, 0, 0), costmodel.Host("h1", None, {}, 0, 0)]
-        return costmodel.simulate([step], TINY, hosts, (0, 1), network, shifts=1, forwards=0)
+        return costmodel.simulate([step], TINY, hosts, (0, 1), network, spread=0, forwards=0)
 
     assert timeline(None).latency_s == pytest.approx(0.2)
     assert timeline(0.5).latency_s == pytest.approx(0.2)          # 30 ms per period fits in its 50 ms
