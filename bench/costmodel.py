@@ -245,13 +245,15 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
     hrtimer_forward_now from an expiry of 0, kernel/sched/fair.c, start_cfs_bandwidth, so
     all periods of one length begin at the same multiples of it since boot), so pp at 1
     Gbit/s, where a stage of three layers needs about two periods' budget at 0.45 core,
-    took 398 ms in one job and 590 in another (reports/emulated-4host-planner.md, -run7.md)
-    while its predictions from one number per kernel jumped between 598 and 797. So a
+    measured 296 to 590 ms in different jobs (reports/emulated-4host-planner-rerun.md,
+    -run7.md) while its predictions from one number per kernel jumped between 598 and 797
+    ms with a few percent of profiled kernel time. So a
     prediction is the mean over kernel times x (1 - spread .. 1 + spread) in SPREAD_POINTS
     even steps, the spread being what a profile's kernel times are worth in another job
     (KERNEL_SPREAD); for each, one forward to settle, then `forwards` timed after one
     another (each after a barrier), which sample different phases of the period grid as a
-    measured run does. Without a quota, latency is linear in compute: one forward, no spread."""
+    measured run does. Without a quota, latency is (piecewise) linear in compute and the
+    mean over a symmetric spread is the profiled times' own: one forward, no spread."""
     world = len(hosts)
     nominal = [[sum(hosts[r].seconds(w, cfg) for w in step.work[r]) for r in range(world)] for step in steps]
     shares = [core_shares(hosts, row) for row in nominal]

@@ -12,7 +12,7 @@ import pytest
 import kernels as K
 from bench import cli, costmodel, machine as M, plan as plan_tool, planner, profiles, trial
 from parallelism import STRATEGIES
-from parallelism.schedule import Step
+from parallelism.schedule import Step, Work
 
 TINY = K.preset("tiny")
 GFLOPS = 1e9          # every kernel: 1 GFLOP/s at full speed
@@ -167,6 +167,25 @@ def test_polling_through_a_long_transfer_spends_the_quota_by_hand():
     assert timeline(None, spinning).latency_s == pytest.approx(0.2)
     fits[("allgather", 2)] = costmodel.Fit(0.0, 0.2 / wire, cpu_alpha=0.3, cpu_beta=0.0)
     assert timeline(None, costmodel.Network(fits, {}, wait_fraction=1.0)).latency_s == pytest.approx(0.3)
+
+
+def test_quota_step_is_predicted_by_its_expected_value_by_hand():
+    # One host under a 0.5-core quota (50 ms per 100 ms period) computing exactly one period's
+    # budget, 50 ms, from a period's start: at the profiled time it finishes at 50 ms, but
+    # 7.5% more work waits for the next period. Kernel times x 0.85, 0.925, 1, 1.075, 1.15
+    # end at 42.5, 46.25, 50, 103.75 and 107.5 ms: the prediction is their mean, 70 ms.
+    class Fixed(costmodel.Host):
+        def seconds(self, work, cfg):
+            return 0.05
+
+    step = Step(((Work("ffn", 1, 8, 8, 64, 4, 256),),))   # any kernel: Fixed says its time
+    network = costmodel.Network({}, {})
+    one = [Fixed("h0", 0.5, {}, 0, 0)]
+    assert costmodel.simulate([step], TINY, one, (0,), network, spread=0, forwards=0).latency_s == pytest.approx(0.05)
+    assert costmodel.simulate([step], TINY, one, (0,), network, forwards=0).latency_s == pytest.approx(0.07)
+    # no quota: latency is linear in compute, the profiled time is the prediction
+    free = [Fixed("h0", None, {}, 0, 0)]
+    assert costmodel.simulate([step], TINY, free, (0,), network).latency_s == pytest.approx(0.05)
 
 
 def test_quota_slows_long_compute_not_short_bursts():
