@@ -123,6 +123,8 @@ def test_launch_command_lines():
                        "-iface", "dt1br", "-hosts", "dt1-h0,dt1-h1", "-n", "2", "python", "-m", "bench.latency"]
     env = launch.mpi_env(state)
     assert env["FI_TCP_IFACE"] == env["DETR_IFACE"] == "eth0" and env["MASTER_ADDR"] == "10.213.9.1"
+    # ring algorithms for the non-blocking collectives sleep-mode waits use, unless the user set them
+    assert env["MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM"] == env["MPIR_CVAR_IALLGATHERV_INTRA_ALGORITHM"] == "tsp_ring"
     cmd = launch.hostfile_command("hf", 4, ["python"], iface="eth0", env={"DETR_IFACE": "eth0"}, flavour="mpich")
     assert cmd[1:] == ["-f", "hf", "-launcher", "ssh", "-iface", "eth0", "-genv", "DETR_IFACE", "eth0", "-n", "4",
                        "python"]

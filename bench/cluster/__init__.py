@@ -21,7 +21,8 @@ the agent (bench/cluster/agent.py) joins the host's cgroup, gives the host its o
 `ip netns exec`s the proxy there. MPI is forced onto TCP (ofi/tcp on eth0); ranks get
 DETR_IFACE=eth0, DETR_COMM_WAIT=sleep (--wait spin to change), GLOO_SOCKET_IFNAME=eth0,
 MASTER_ADDR/MASTER_PORT (host 0); unless set: OMP_NUM_THREADS=1 and
-MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM=tsp_ring (bench/cluster/launch.py says why). Killing `run`
+MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM=tsp_ring, MPIR_CVAR_IALLGATHERV_INTRA_ALGORITHM=tsp_ring
+(bench/cluster/launch.py says why). Killing `run`
 (SIGTERM, SIGKILL, Ctrl-C) ends mpiexec and every rank within seconds.
 
 `up` journals each object in the state folder before making it: an `up` killed half-way (even
