@@ -247,9 +247,8 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
     Gbit/s, where a stage of three layers needs about two periods' budget at 0.45 core,
     measured 296 to 590 ms in different jobs (reports/emulated-4host-planner-rerun.md,
     -run7.md) while its predictions from one number per kernel jumped between 598 and 797
-    ms with a few percent of profiled kernel time. So a
-    prediction is the mean over kernel times x (1 - spread .. 1 + spread) in SPREAD_POINTS
-    even steps, the spread being what a profile's kernel times are worth in another job
+    ms with a few percent of profiled kernel time. So a prediction is the mean over kernel
+    times x (1 - spread .. 1 + spread) in SPREAD_POINTS even steps, the spread being what a profile's kernel times are worth in another job
     (KERNEL_SPREAD); for each, one forward to settle, then `forwards` timed after one
     another (each after a barrier), which sample different phases of the period grid as a
     measured run does. Without a quota, latency is (piecewise) linear in compute and the
@@ -260,9 +259,9 @@ def simulate(steps: list[Step], cfg, hosts: list[Host], host_ids: tuple[int, ...
     barrier = network.fit("allreduce", world).alpha if world > 1 else 0.0
     costs = [network.send(host_ids[s.src], host_ids[s.dst], s.parts[s.src]) if s.op == "send" else
              network.collective(s, world) if s.op is not None else None for s in steps]
-    scales = [1 + spread * (2 * i / (SPREAD_POINTS - 1) - 1) for i in range(SPREAD_POINTS)] if spread else [1.0]
     if all(h.quota is None or h.quota >= 1.0 for h in hosts):
-        scales, forwards = [1.0], 0
+        spread, forwards = 0.0, 0
+    scales = [1 + spread * (2 * i / (SPREAD_POINTS - 1) - 1) for i in range(SPREAD_POINTS)] if spread else [1.0]
     results = []
     for scale in scales:
         seconds = [[s * scale for s in row] for row in nominal]

@@ -279,8 +279,9 @@ def best_per(ranked: list[Ranked], key) -> list[Ranked]:
     """The best placement of each `key(placement)`, in rank order."""
     out, seen = [], set()
     for r in ranked:
-        if key(r.placement) not in seen:
-            seen.add(key(r.placement))
+        k = key(r.placement)
+        if k not in seen:
+            seen.add(k)
             out.append(r)
     return out
 

@@ -106,7 +106,7 @@ class Contender:
         """One barrier-started forward on its hosts (bench.timing.measure: the slowest rank's
         time); the others wait idle."""
         if self.strategy is not None:
-            [seconds] = measure(self.strategy, self.sub, self.ids, self.mask, 0, 1).latency
+            [seconds] = measure(self.strategy, self.sub, self.ids, self.mask, warmup=0, iters=1).latency
             if keep:
                 self.samples.append(seconds)
         comm.idle_barrier()

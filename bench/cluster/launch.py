@@ -77,14 +77,14 @@ def mpi_env(state: dict, wait: str = "sleep") -> dict:
     # (recursive halving/doubling) lost to gloo's ring on these shaped links: 1 MiB on 4 hosts,
     # ours/gloo 1.19 at 10 Mbit/s and 1.04-1.09 at 100 Mbit/s; its ring algorithm: 0.98 and 1.00
     # (1 Gbit/s: equal; only 64 KiB at 1 Gbit/s lost ~1 ms to the ring's extra steps).
-    env["MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM"] = os.environ.get("MPIR_CVAR_IALLREDUCE_INTRA_ALGORITHM", "tsp_ring")
     # The same for MPI_Iallgatherv (every allgather in sleep mode): its automatic choice,
     # recursive doubling at these sizes, made bp(replicate) fp16 with --overlap on --chunks 2
     # (98 KiB per span on 4 hosts) take 1.16 s at 10 Mbit/s against 0.80 s with the ring, and
     # 0.85 s without overlap (reports/notes/emulated-4host-wire.md, "Overlap at 10 Mbit/s");
     # at 1 Gbit/s the ring was level or faster (sp fp16 2.07x of serial against 1.77x).
-    env["MPIR_CVAR_IALLGATHERV_INTRA_ALGORITHM"] = os.environ.get("MPIR_CVAR_IALLGATHERV_INTRA_ALGORITHM",
-                                                                  "tsp_ring")
+    for op in ("IALLREDUCE", "IALLGATHERV"):
+        name = f"MPIR_CVAR_{op}_INTRA_ALGORITHM"
+        env[name] = os.environ.get(name, "tsp_ring")
     return env
 
 
